@@ -90,7 +90,7 @@ def thought_stop_token(tok):
 
 # ----- evaluation prompts (method.md, Evaluation) -----
 # Both start with <|endoftext|>, the start-of-document context every training document has.
-# raw models:    "Problem:\n{problem}\nSolution: {solution}\n\n" exemplars, then "Problem:\n{problem}\nSolution:"
+# raw models:    "Problem:\n{problem}\n{solution}\n\n" exemplars, then "Problem:\n{problem}\n"
 # latent models: "Problem:\n{problem}\n<SOL><PRIOR>{thought}<EOL>Final Answer: {answer}\n\n" exemplars, then
 #                "Problem:\n{problem}\n<SOL><PRIOR>"; generation stops at "Problem:" or a new <SOL>.
 
@@ -108,9 +108,10 @@ def latent_eval_prompt(tok, exemplars, problem):
 
 
 def raw_eval_prompt(tok, exemplars, problem):
-    """exemplars: list of (problem, solution) where solution is the text after 'Solution: '."""
-    text = "".join(f"Problem:\n{p}\nSolution: {s}\n\n" for p, s in exemplars)
-    return [tok.eot] + tok.encode(text + f"Problem:\n{problem}\nSolution:")
+    """exemplars: list of (problem, solution); solution is whatever follows the problem in the raw data
+    ("Final Answer: 42" in the embedded corpus, "Solution: ... \\boxed{42}" for MATH)."""
+    text = "".join(f"Problem:\n{p}\n{s}\n\n" for p, s in exemplars)
+    return [tok.eot] + tok.encode(text + f"Problem:\n{problem}\n")
 
 
 def show(tok, ids):
