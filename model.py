@@ -1,0 +1,431 @@
+"""
+A GPT-2-architecture language model in plain PyTorch (nanoGPT-style), plus what the EM loop needs from it:
+
+- `GPT.generate`: batched sampling with a hand-written KV cache. Prompts of different lengths in one call,
+  one prefill per prompt shared by its K samples (the E-step's K thoughts), per-row stop tokens, and the
+  log-prob of every sampled token (the E-step's log q(Z | X, P)).
+- `GPT.score`: teacher-forced sums of log-probs over a suffix of each sequence (the E-step's log p(Z, X | P)).
+- checkpoints (one file), `GPT.from_pretrained` for a local Hugging Face GPT-2 directory, and an MFU estimate.
+"""
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, asdict
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50261  # the tokenizer's size; the embedding is padded up to a multiple of 64 for speed
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+
+    def forward(self, x, cache=None, layer=0, mask=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.insert(layer, k, v)  # (B, nh, S, hs): everything cached so far, this step included
+        dropout = self.dropout if self.training else 0.0
+        if mask is None:
+            # no cache and no padding: the fused (flash) causal kernel
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            # is_causal aligns its triangle top-left, wrong once keys include a cached prefix: explicit mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class KVCache:
+    """
+    Preallocated keys/values for every layer, (L, B, nh, T, hs). All rows share one write column `pos`:
+    prompts are left-padded so they end together, and padding is hidden by the attention mask.
+    """
+
+    def __init__(self, n_layer, B, n_head, T, head_dim, dtype, device):
+        self.k = torch.zeros(n_layer, B, n_head, T, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos, self.n_layer = 0, n_layer
+
+    def insert(self, layer, k, v):
+        t = k.size(2)
+        self.k[layer, :, :, self.pos:self.pos + t] = k
+        self.v[layer, :, :, self.pos:self.pos + t] = v
+        if layer == self.n_layer - 1:
+            self.pos += t  # the position advances once every layer has written this step
+            return self.k[layer, :, :, :self.pos], self.v[layer, :, :, :self.pos]
+        return self.k[layer, :, :, :self.pos + t], self.v[layer, :, :, :self.pos + t]
+
+    def select(self, rows):
+        """Keep only these batch rows (repeat a shared prompt K times, or drop finished rows)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.padded_vocab = (config.vocab_size + 63) // 64 * 64
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(self.padded_vocab, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, self.padded_vocab, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied input/output embeddings (GPT-2)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def forward(self, idx, targets=None, pos=None, cache=None, mask=None, last_only=False):
+        """
+        idx (B, T) token ids; pos (B, T) positions (default 0..T-1); cache/mask for cached decoding, where
+        mask is a (B, 1, T, S) boolean "may attend" over the S keys cached so far. Returns (logits, loss):
+        logits (B, T, padded_vocab), or (B, 1, padded_vocab) with last_only; loss is mean cross-entropy.
+        """
+        B, T = idx.size()
+        if pos is None:
+            assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
+            pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, cache, i, mask)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.view(-1), ignore_index=-1)
+            return logits, loss
+        return self.lm_head(x[:, -1:] if last_only else x), None
+
+    # ------------------------------------------------------------------ scoring
+    @torch.no_grad()
+    def score(self, seqs, starts):
+        """
+        Teacher-forced sum of log p(seq[t] | seq[:t]) over t in [start, len(seq)), for a batch of sequences of
+        different lengths: one forward, no loop over tokens. The E-step calls it with the joint sequence
+        P <SOL><PRIOR> Z <EOL> X and start = len(P part), giving log p(Z, X | P). Returns (B,) float32.
+        """
+        device = self.lm_head.weight.device
+        lengths = [len(s) for s in seqs]
+        if min(starts) < 1 or any(st > n for st, n in zip(starts, lengths)):
+            raise ValueError("score: need 1 <= start <= len(seq) for every row (the first token has no context)")
+        T = max(lengths)
+        idx = torch.zeros(len(seqs), T, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            idx[i, :len(s)] = torch.tensor(s)  # right padding: causal attention never looks at it
+        idx = idx.to(device)
+        logits, _ = self(idx)
+        logp = F.log_softmax(logits[:, :-1, :self.config.vocab_size].float(), dim=-1)
+        tok_logp = logp.gather(-1, idx[:, 1:, None]).squeeze(-1)  # (B, T-1): log p of token t+1
+        t = torch.arange(1, T, device=device)[None]
+        keep = (t >= torch.tensor(starts, device=device)[:, None]) & (t < torch.tensor(lengths, device=device)[:, None])
+        return (tok_logp * keep).sum(1)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(self, prompts, num_samples=1, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
+                 stop_tokens=None, banned_tokens=None, seed=None, use_cache=True):
+        """
+        Sample continuations for a batch of prompts (lists of token ids, any lengths), num_samples per prompt.
+
+        Returns (tokens, logprobs, finished), one entry per row, prompt-major: row i*num_samples + j is sample
+        j of prompt i. A row's tokens end with the stop token that finished it (finished=True), else it ran to
+        max_new_tokens. logprobs[r][t] is the log-prob of tokens[r][t] under the distribution it was drawn
+        from: softmax(logits / temperature), after banned tokens are removed and after top-k / top-p, which
+        TRUNCATE and renormalise it (so with top-k/top-p it is not the model's log q; the E-step uses neither).
+        With temperature 0 (greedy) it is the log-prob under the untempered model (temperature 1).
+
+        Each prompt is prefilled once and its cache copied into its num_samples rows. use_cache=False
+        recomputes the whole sequence every step (the slow reference, for tests and benchmarks).
+        """
+        device = self.lm_head.weight.device
+        N, K = len(prompts), num_samples
+        if N == 0:
+            return [], [], []
+        lengths = torch.tensor([len(p) for p in prompts])
+        if lengths.min() < 1:
+            raise ValueError("generate: empty prompt")
+        P = int(lengths.max())
+        if P + max_new_tokens > self.config.block_size:
+            raise ValueError(f"generate: prompt of {P} tokens + {max_new_tokens} new > block_size "
+                             f"{self.config.block_size}; shorten the prompt (data.latent.fit_context)")
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        V = self.config.vocab_size
+        bias = torch.zeros(self.padded_vocab, device=device)
+        bias[V:] = float("-inf")  # padding rows of the embedding are not tokens
+        if banned_tokens:
+            bias[torch.tensor(list(banned_tokens), device=device)] = float("-inf")
+        stop = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=device)
+
+        # left-pad so every prompt ends in column P-1; positions count from each row's first real token
+        pad = (P - lengths).to(device)
+        idx = torch.zeros(N, P, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            idx[i, P - len(p):] = torch.tensor(p)
+        idx = idx.to(device)
+        col = torch.arange(P + max_new_tokens, device=device)
+        valid = col[None] >= pad[:, None]  # (N, P+max_new): key columns a row may attend to (not padding)
+
+        def mask_for(q_cols, valid_rows):
+            # (B, 1, Tq, S): causal and not padding; a padding query sees itself so no softmax row is empty
+            S = int(q_cols[-1]) + 1
+            m = (col[None, :S] <= q_cols[:, None]) & valid_rows[:, None, :S]
+            return (m | (col[None, :S] == q_cols[:, None]))[:, None]
+
+        def positions(q_cols, pad_rows):
+            return (q_cols[None] - pad_rows[:, None]).clamp(min=0)
+
+        cache = None
+        if use_cache:
+            hd = self.config.n_embd // self.config.n_head
+            dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
+                else self.lm_head.weight.dtype
+            cache = KVCache(self.config.n_layer, N, self.config.n_head, P + max_new_tokens, hd, dtype, device)
+            q_cols = col[:P]
+            logits, _ = self(idx, pos=positions(q_cols, pad), cache=cache, mask=mask_for(q_cols, valid), last_only=True)
+            rep = torch.arange(N, device=device).repeat_interleave(K)
+            cache.select(rep)  # the prompt's cache, shared by its K sample rows
+            logits = logits[rep]
+        else:
+            rep = torch.arange(N, device=device).repeat_interleave(K)
+        seq, pad, valid = idx[rep], pad[rep], valid[rep]
+        B = N * K
+        rows = torch.arange(B, device=device)  # which output row each live batch row is
+        out_tok = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
+        out_lp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+
+        for t in range(max_new_tokens):
+            if t > 0 or not use_cache:
+                if use_cache:
+                    q_cols = col[P + t - 1:P + t]
+                    logits, _ = self(seq[:, -1:], pos=positions(q_cols, pad), cache=cache,
+                                     mask=mask_for(q_cols, valid), last_only=True)
+                else:
+                    q_cols = col[:P + t]
+                    logits, _ = self(seq, pos=positions(q_cols, pad), mask=mask_for(q_cols, valid), last_only=True)
+            logits = logits[:, -1].float() + bias
+            if temperature == 0:
+                nxt = logits.argmax(-1)
+                lp = F.log_softmax(logits, -1)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, V), dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                if top_p is not None:
+                    srt, order = torch.sort(logits, descending=True)
+                    cum = torch.softmax(srt, -1).cumsum(-1)
+                    drop = cum - torch.softmax(srt, -1) > top_p  # keep the smallest set reaching top_p
+                    logits = logits.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
+                lp = F.log_softmax(logits, -1)
+                nxt = torch.multinomial(lp.exp(), 1, generator=gen).squeeze(-1)
+            out_tok[rows, t] = nxt
+            out_lp[rows, t] = lp.gather(-1, nxt[:, None]).squeeze(-1)
+            done[rows] |= torch.isin(nxt, stop)
+            seq = torch.cat([seq, nxt[:, None]], 1) if not use_cache else nxt[:, None]
+            # checking for finished rows costs a host sync: do it every 16 steps, and then drop finished
+            # rows from the batch when they are at least half of it (no compute on rows that are done)
+            if (t + 1) % 16 == 0 and t + 1 < max_new_tokens:
+                live = ~done[rows]
+                n_live = int(live.sum())
+                if n_live == 0:
+                    break
+                if n_live <= len(rows) // 2:
+                    keep = live.nonzero().squeeze(-1)
+                    rows, pad, valid = rows[keep], pad[keep], valid[keep]
+                    seq = seq[keep]
+                    if cache is not None:
+                        cache.select(keep)
+
+        # a row's length runs to its first stop token, inclusive
+        is_stop = torch.isin(out_tok, stop) if len(stop) else torch.zeros_like(out_tok, dtype=torch.bool)
+        first = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, max_new_tokens)
+        finished = is_stop.any(1).tolist()
+        out_tok, out_lp, first = out_tok.tolist(), out_lp.tolist(), first.tolist()
+        return ([r[:n] for r, n in zip(out_tok, first)], [r[:n] for r, n in zip(out_lp, first)], finished)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path, tok, block_size=None):
+        """
+        Load a local Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors or
+        pytorch_model.bin, gpt2 .. gpt2-xl shapes) without the transformers package. The embedding grows
+        to tok.n_vocab: the new rows (the latent special tokens) start at the mean of the existing rows, a
+        neutral point from which training moves them.
+        """
+        with open(os.path.join(path, "config.json")) as f:
+            hf = json.load(f)
+        if os.path.exists(os.path.join(path, "model.safetensors")):
+            sd = _read_safetensors(os.path.join(path, "model.safetensors"))
+        elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
+            sd = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin")
+        sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
+        n_pos = hf.get("n_positions", hf.get("n_ctx", 1024))
+        config = GPTConfig(block_size=block_size or n_pos, vocab_size=tok.n_vocab, n_layer=hf["n_layer"],
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True)
+        model = cls(config)
+        own = model.state_dict()
+        # HF's Conv1D stores (in, out): transpose into nn.Linear's (out, in)
+        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+        for k, v in sd.items():
+            if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias") or k == "lm_head.weight":
+                continue  # causal-mask buffers; lm_head is tied to wte
+            if k not in own:
+                raise KeyError(f"{path}: unexpected weight {k}")
+            v = v.float().t() if k.endswith(conv1d) else v.float()
+            if k == "wte.weight":
+                grown = v.mean(0, keepdim=True).repeat(model.padded_vocab, 1)
+                grown[:v.size(0)] = v
+                v = grown
+            elif k == "wpe.weight":
+                v = v[:config.block_size]
+            if own[k].shape != v.shape:
+                raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+            own[k].copy_(v)
+        return model
+
+
+def _read_safetensors(path):
+    """The safetensors layout is an 8-byte header length, a JSON header, then raw little-endian tensors."""
+    dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, info in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = info["data_offsets"]
+        out[k] = torch.frombuffer(bytearray(data[a:b]), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, ckpt):
+    """One file: {"model", "model_args", "tokenizer", "latent", ...}. Written to a temporary name, then renamed,
+    so a crash never leaves a half-written checkpoint that looks complete."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def clean_state_dict(sd):
+    # torch.compile wraps the model as _orig_mod, DDP as module: strip both so any checkpoint loads
+    out = {}
+    for k, v in sd.items():
+        for pre in ("_orig_mod.", "module."):
+            k = k.removeprefix(pre)
+        out[k] = v
+    return out
+
+
+def load_checkpoint(path, device="cpu"):
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    for key in ("model", "model_args", "tokenizer"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not a checkpoint of this project (no {key!r})")
+    model = GPT(GPTConfig(**ckpt["model_args"]))
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    return model.to(device), ckpt
+
+
+# ---------------------------------------------------------------------- MFU
+# bf16 dense peak FLOP/s (no sparsity) by device name, from the vendors' data sheets
+PEAK_FLOPS = [
+    ("H200", 989e12), ("GH200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12),
+    ("H800", 989e12), ("B200", 2250e12), ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12),
+    ("A10G", 70e12), ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12),
+]
+
+
+def peak_flops(device_name):
+    for key, flops in PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
+
+
+def flops_per_token(model, T):
+    # 6N for the matmuls forward+backward, plus attention 12 * L * H * Q * T (PaLM appendix B)
+    cfg = model.config
+    return 6 * model.get_num_params() + 12 * cfg.n_layer * cfg.n_head * (cfg.n_embd // cfg.n_head) * T
+
+
+def estimate_mfu(model, tokens_per_sec, T, device_name=None):
+    """Model FLOPs utilisation as a fraction of the GPU's bf16 peak; None when the GPU is not in the table."""
+    if device_name is None:
+        device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    peak = peak_flops(device_name)
+    return None if peak is None else flops_per_token(model, T) * tokens_per_sec / peak
+
+
+def model_args(config):
+    return asdict(config)
