@@ -336,14 +336,15 @@ class GPT(nn.Module):
         for k, v in sd.items():
             if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias") or k == "lm_head.weight":
                 continue  # causal-mask buffers; lm_head is tied to wte
+            k = "transformer." + k
             if k not in own:
-                raise KeyError(f"{path}: unexpected weight {k}")
+                raise KeyError(f"{path}: unexpected weight {k.removeprefix('transformer.')}")
             v = v.float().t() if k.endswith(conv1d) else v.float()
-            if k == "wte.weight":
+            if k == "transformer.wte.weight":
                 grown = v.mean(0, keepdim=True).repeat(model.padded_vocab, 1)
                 grown[:v.size(0)] = v
                 v = grown
-            elif k == "wpe.weight":
+            elif k == "transformer.wpe.weight":
                 v = v[:config.block_size]
             if own[k].shape != v.shape:
                 raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")

