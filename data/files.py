@@ -1,0 +1,210 @@
+"""
+The files every stage reads and writes, defined once:
+
+    *.bin        flat token ids (nanoGPT style), uint16 when the vocabulary fits, else uint32
+    meta.json    one per directory: tokenizer, vocab_size, dtype, and per bin its token and document counts
+    chunks.jsonl one line per chunk, in document order: {"id": "<doc>:<idx>", "doc", "idx", "text"}
+                 (a chunk's prefix is the text of the chunks before it in its document, see chunk_prefix)
+    thoughts     jsonl with {"id": chunk id, "thought": text} (extra fields are kept, ignored here)
+
+Everything is written to a temporary name and renamed when complete: an interrupted job never leaves a file
+that looks finished.
+"""
+import gzip
+import json
+import os
+import zlib
+from contextlib import contextmanager
+
+import numpy as np
+
+from data.latent import augmented_document, raw_document
+
+
+def bin_dtype(vocab_size):
+    return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
+
+
+@contextmanager
+def atomic_open(path, mode="w"):
+    """Write to path.tmp, rename to path only if the block finishes."""
+    tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    f = gzip.open(tmp, mode) if path.endswith(".gz") else open(tmp, mode)
+    try:
+        yield f
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        os.remove(tmp)
+        raise
+
+
+def write_json(path, obj):
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=1)
+
+
+def write_jsonl(path, rows):
+    with atomic_open(path) as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def read_jsonl(path, required=()):
+    """Yield (line number, dict). Malformed JSON, a non-object line or a missing field is an error naming
+    path:line. Blank lines are skipped. .gz files are read transparently."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            for k in required:
+                if k not in obj:
+                    raise ValueError(f"{path}:{n}: missing field {k!r}")
+            yield n, obj
+
+
+# ----------------------------------------------------------------------------- bins and meta.json
+
+def read_meta(directory):
+    path = os.path.join(directory, "meta.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def update_meta(directory, tok, bins=None, **fields):
+    """Record tokenizer/dtype once per directory and per-bin counts; a second tokenizer in one directory is an
+    error (its bins would be unreadable)."""
+    meta = read_meta(directory) or {"tokenizer": tok.name, "vocab_size": tok.n_vocab,
+                                    "dtype": np.dtype(bin_dtype(tok.n_vocab)).name, "bins": {}}
+    if meta["tokenizer"] != tok.name:
+        raise ValueError(f"{directory}/meta.json: tokenizer {meta['tokenizer']!r}, but writing {tok.name!r} bins")
+    meta["bins"].update(bins or {})
+    meta.update(fields)
+    write_json(os.path.join(directory, "meta.json"), meta)
+    return meta
+
+
+class BinWriter:
+    """Streams documents (lists of ids) into path.tmp; close() renames it to path and records it in meta.json."""
+
+    def __init__(self, path, tok):
+        self.path, self.tok = path, tok
+        self.dtype = bin_dtype(tok.n_vocab)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.f = open(path + ".tmp", "wb")
+        self.tokens = self.docs = 0
+
+    def write(self, ids):
+        self.f.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        self.tokens += len(ids)
+        self.docs += 1
+
+    def close(self, **info):
+        self.f.close()
+        os.replace(self.path + ".tmp", self.path)
+        info = {"tokens": self.tokens, "docs": self.docs, **info}
+        update_meta(os.path.dirname(os.path.abspath(self.path)), self.tok, {os.path.basename(self.path): info})
+        return info
+
+    def abort(self):
+        self.f.close()
+        if os.path.exists(self.path + ".tmp"):
+            os.remove(self.path + ".tmp")
+
+
+def open_bin(path, tokenizer=None):
+    """A read-only memmap of a bin, with the dtype its directory's meta.json records. If tokenizer (a name) is
+    given, a bin made with another tokenizer is an error."""
+    meta = read_meta(os.path.dirname(os.path.abspath(path)))
+    if meta is None:
+        raise FileNotFoundError(f"{path}: no meta.json beside it (dtype and tokenizer unknown)")
+    if tokenizer is not None and meta["tokenizer"] != tokenizer:
+        raise ValueError(f"{path}: tokenized with {meta['tokenizer']!r}, but the model uses {tokenizer!r}")
+    dtype = np.dtype(meta["dtype"])
+    size = os.path.getsize(path)
+    if size % dtype.itemsize:
+        raise ValueError(f"{path}: {size} bytes is not a whole number of {dtype.name} tokens")
+    return np.memmap(path, dtype=dtype, mode="r")
+
+
+# ----------------------------------------------------------------------------- chunks and thoughts
+
+def read_chunks(path):
+    """Chunk file -> list of documents, each a list of chunk dicts in order."""
+    docs, index = [], {}
+    for n, c in read_jsonl(path, required=("id", "doc", "idx", "text")):
+        d = index.get(c["doc"])
+        if d is None:
+            d = index[c["doc"]] = len(docs)
+            docs.append([])
+        if c["idx"] != len(docs[d]):
+            raise ValueError(f"{path}:{n}: chunk {c['id']} out of order (expected idx {len(docs[d])})")
+        docs[d].append(c)
+    return docs
+
+
+def chunk_prefix(doc, i, n_prefix):
+    """method.md: the prefix of chunk i is the text of the previous n_prefix chunks (1 warm start, 3 bootstrap)."""
+    return "".join(c["text"] for c in doc[max(0, i - n_prefix):i])
+
+
+def read_thoughts(path):
+    """Thoughts jsonl -> {chunk id: thought text}."""
+    out = {}
+    for n, t in read_jsonl(path, required=("id", "thought")):
+        if t["id"] in out:
+            raise ValueError(f"{path}:{n}: a second thought for chunk {t['id']}")
+        out[t["id"]] = t["thought"]
+    return out
+
+
+def doc_seed(seed, doc):
+    # a stable per-document seed for the coin flips (Python's hash() of a str changes between runs)
+    return (int(seed), zlib.crc32(str(doc).encode()))
+
+
+def build_augmented_bin(tok, chunks_path, thoughts_path, out_path, seed):
+    """
+    THE one function that writes thought-augmented bins (method.md, M-step data): for every document of the chunk
+    file, each chunk with its thought in prior or posterior order by a seeded fair coin, documents separated by
+    <|endoftext|>. The warm start (teacher thoughts) and every E-step (inferred thoughts) go through here.
+    A chunk without a thought is an error: dropping it would silently change the corpus.
+    """
+    thoughts = read_thoughts(thoughts_path)
+    docs = read_chunks(chunks_path)
+    w = BinWriter(out_path, tok)
+    try:
+        for doc in docs:
+            missing = [c["id"] for c in doc if c["id"] not in thoughts]
+            if missing:
+                raise ValueError(f"{thoughts_path}: no thought for chunk {missing[0]} of {chunks_path}")
+            w.write(augmented_document(tok, [c["text"] for c in doc], [thoughts[c["id"]] for c in doc],
+                                       doc_seed(seed, doc[0]["doc"])))
+    except BaseException:
+        w.abort()
+        raise
+    return w.close(kind="augmented", chunks=os.path.abspath(chunks_path), thoughts=os.path.abspath(thoughts_path),
+                   seed=seed)
+
+
+def build_raw_bin(tok, chunks_path, out_path):
+    """The raw documents of a chunk file (its chunks joined back), for the baselines and validation."""
+    w = BinWriter(out_path, tok)
+    try:
+        for doc in read_chunks(chunks_path):
+            w.write(raw_document(tok, "".join(c["text"] for c in doc)))
+    except BaseException:
+        w.abort()
+        raise
+    return w.close(kind="raw", chunks=os.path.abspath(chunks_path))
