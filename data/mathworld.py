@@ -1,0 +1,278 @@
+"""
+mathworld: the embedded corpus. A procedurally generated world of terse math text, made from a seed with numpy
+alone (no download), in which the writer SKIPS the intermediate steps on purpose, as answer keys do:
+
+    Problem:
+    Start with 7, add 5, multiply by 2, then subtract 3. What is the result?
+    Final Answer: 21
+
+Every document is a few such problems, and every problem is two chunks: the problem statement, then its result.
+method.md (Evaluation) explains why they must be separate chunks: the thought for the result chunk then sits
+between the problem and its answer, exactly where the latent evaluation prompt opens one.
+
+For each chunk the generator also writes the gold latent thought, the skipped steps in one explicit style:
+
+    problem chunk:  "Next: chain, 3 steps."             (what the writer has in mind before the problem)
+    result chunk:   "7+5=12; 12*2=24; 24-3=21 => 21"    (the derivation; "=> R" states the result R)
+
+These play the teacher (GPT-4o-mini in the paper) for the warm-start split. For the bootstrap split they are
+saved apart and used ONLY to measure how often the E-step recovers a thought with the right result.
+teacher_error_rate makes the teacher imperfect: that fraction of derivations gets one wrong step, propagated.
+
+    python -m data.mathworld --show 2         # print two documents, raw and thought-augmented
+"""
+import math
+import os
+import sys
+
+import numpy as np
+
+NAMES = ["Ann", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eva", "Tom"]
+ITEMS = ["apples", "pens", "cards", "coins", "books", "shells", "stamps", "marbles"]
+
+
+def _pick_ops(rng, x, n):
+    """n random operations applied to x, keeping every intermediate value a small non-negative integer."""
+    ops = []
+    for _ in range(n):
+        kinds = ["add", "sub", "mul"] + (["div"] if any(x % d == 0 for d in (2, 3, 4, 5) if x > 0) else [])
+        kind = kinds[rng.integers(len(kinds))]
+        if kind == "mul" and x * 2 > 150 or kind == "sub" and x < 2:
+            kind = "add"
+        if kind == "add":
+            k = int(rng.integers(1, 21)); ops.append(("add", k, f"add {k}", "+")); x += k
+        elif kind == "sub":
+            k = int(rng.integers(1, min(x, 20) + 1)); ops.append(("sub", k, f"subtract {k}", "-")); x -= k
+        elif kind == "mul":
+            k = int(rng.integers(2, max(3, min(6, 150 // x + 1)))) if x else 2
+            ops.append(("mul", k, f"multiply by {k}", "*")); x *= k
+        else:
+            k = int(rng.choice([d for d in (2, 3, 4, 5) if x % d == 0])); ops.append(("div", k, f"divide by {k}", "/")); x //= k
+    return ops
+
+
+def _apply(op, x):
+    return {"add": x + op[1], "sub": x - op[1], "mul": x * op[1], "div": x // op[1]}[op[0]]
+
+
+# Each family returns (problem, steps, answer): steps is a list of (a, op, b, value) binary operations, written
+# "a op b = value" in the thought, so a teacher error can change one value and let it propagate.
+
+def chain(rng, level):
+    x0 = int(rng.integers(2, 21))
+    ops = _pick_ops(rng, x0, level + 1)
+    words = ", ".join(o[2] for o in ops[:-1]) + f", then {ops[-1][2]}"
+    steps, x = [], x0
+    for o in ops:
+        steps.append((x, o[3], o[1], _apply(o, x))); x = steps[-1][3]
+    return f"Start with {x0}, {words}. What is the result?", steps, x
+
+
+def total(rng, level):
+    nums = [int(v) for v in rng.integers(1, 40, size=level + 2)]
+    steps, x = [], nums[0]
+    for v in nums[1:]:
+        steps.append((x, "+", v, x + v)); x += v
+    return f"What is {' + '.join(map(str, nums))}?", steps, x
+
+
+def linear(rng, level):
+    a, x = int(rng.integers(2, 10)), int(rng.integers(1, 13))
+    if level == 1:
+        b = int(rng.integers(1, 30))
+        return f"Solve {a}x + {b} = {a * x + b} for x.", [(a * x + b, "-", b, a * x), (a * x, "/", a, x)], x
+    c = int(rng.integers(1, a))  # a x + b = c x + d with a > c
+    b = int(rng.integers(1, 30)); d = (a - c) * x + b
+    return (f"Solve {a}x + {b} = {'' if c == 1 else c}x + {d} for x.",
+            [(a, "-", c, a - c), (d, "-", b, d - b), (d - b, "/", a - c, x)], x)
+
+
+def word(rng, level):
+    name, item = NAMES[rng.integers(len(NAMES))], ITEMS[rng.integers(len(ITEMS))]
+    have, bags, per = int(rng.integers(2, 30)), int(rng.integers(2, 7)), int(rng.integers(2, 10))
+    text = f"{name} has {have} {item}. {name} buys {bags} bags of {per} {item}"
+    steps = [(bags, "*", per, bags * per), (have, "+", bags * per, have + bags * per)]
+    x = have + bags * per
+    if level >= 2:
+        give = int(rng.integers(1, x)); text += f" and gives {give} away"
+        steps.append((x, "-", give, x - give)); x -= give
+    if level >= 3:
+        friends = int(rng.choice([d for d in (2, 3, 4, 5) if x % d == 0] or [1]))
+        if friends > 1:
+            text += f", then shares them equally among {friends} friends"
+            steps.append((x, "/", friends, x // friends)); x //= friends
+    return text + f". How many {item} does {'each friend get' if level >= 3 and len(steps) == 4 else name + ' have'}?", steps, x
+
+
+def gcd(rng, level):
+    g = int(rng.integers(2, 4 + 4 * level))
+    m, n = sorted(int(v) for v in rng.choice(np.arange(2, 6 + 3 * level), size=2, replace=False))
+    if math.gcd(m, n) != 1:
+        m = 1
+    a, b = g * n, g * m
+    steps = []
+    while b:
+        steps.append((a, "mod", b, a % b)); a, b = b, a % b
+    return f"Find gcd({g * n}, {g * m}).", steps, a
+
+
+def modular(rng, level):
+    a, b, c = (int(v) for v in rng.integers(2, 10 + 3 * level, size=3))
+    m = int(rng.integers(3, 12))
+    return (f"What is ({a}*{b} + {c}) mod {m}?",
+            [(a, "*", b, a * b), (a * b, "+", c, a * b + c), (a * b + c, "mod", m, (a * b + c) % m)], (a * b + c) % m)
+
+
+def poly(rng, level):
+    a, b, c, x = int(rng.integers(1, 5)), int(rng.integers(1, 10)), int(rng.integers(1, 20)), int(rng.integers(1, 4 + level))
+    steps = [(x, "*", x, x * x), (a, "*", x * x, a * x * x), (b, "*", x, b * x), (a * x * x, "+", b * x, a * x * x + b * x),
+             (a * x * x + b * x, "-", c, a * x * x + b * x - c)]
+    return f"Evaluate {a}x^2 + {b}x - {c} at x = {x}.", steps, a * x * x + b * x - c
+
+
+FAMILIES = {"chain": chain, "total": total, "linear": linear, "word": word, "gcd": gcd, "modular": modular,
+            "poly": poly}
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b,
+       "mod": lambda a, b: a % b}
+
+
+def derivation(steps, answer, rng=None, error_rate=0.0):
+    """The gold thought for a result chunk: 'a op b = v' steps, then '=> result'. With probability error_rate
+    (teacher noise) one step's value is off by a small amount, and later steps use the wrong value."""
+    bad = int(rng.integers(len(steps))) if rng is not None and rng.random() < error_rate else -1
+    out, fix = [], {}
+    for i, (a, op, b, v) in enumerate(steps):
+        a, b = fix.get(a, a), fix.get(b, b)
+        w = OPS[op](a, b) if b or op not in ("/", "mod") else v
+        if i == bad:
+            w += int(rng.choice([-2, -1, 1, 2]))
+        if w != v:
+            fix[v] = w
+        sep = " " if op == "mod" else ""
+        out.append(f"{a}{sep}{op}{sep}{b}={w}")
+    return "; ".join(out) + f" => {fix.get(answer, answer)}"
+
+
+def thought_result(text):
+    """The result a thought arrives at (what follows the last '=>'), or None if it states none."""
+    if "=>" not in text:
+        return None
+    r = text.rsplit("=>", 1)[1].strip()
+    return r or None
+
+
+def problem(rng, families, max_level, error_rate=0.0):
+    name = families[rng.integers(len(families))]
+    level = int(rng.integers(1, max_level + 1))
+    text, steps, answer = FAMILIES[name](rng, level)
+    return {"problem": text, "answer": str(answer), "family": name, "level": level,
+            "plan": f"Next: {name}, {len(steps)} steps.", "thought": derivation(steps, answer, rng, error_rate),
+            "gold_thought": derivation(steps, answer)}
+
+
+def problem_chunks(p):
+    """A problem as the two chunks of a document: statement, then result (the steps are skipped)."""
+    return [f"Problem:\n{p['problem']}\n", f"Final Answer: {p['answer']}\n\n"]
+
+
+def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families=None, teacher_error_rate=0.0,
+             n_eval=500, n_exemplars=8, exclude=()):
+    """
+    Deterministic from seed. Returns (docs, eval_problems, exemplars). A doc is a list of chunks
+    {"text", "thought"} where thought is what the (possibly noisy) teacher writes, plus "gold" (the
+    noise-free thought). Evaluation problems never appear in any document.
+    """
+    families = list(families or FAMILIES)
+    rng = np.random.default_rng(seed)
+    held, seen = [], set(exclude)
+    while len(held) < n_eval + n_exemplars:
+        p = problem(rng, families, max_level)
+        if p["problem"] not in seen:
+            seen.add(p["problem"]); held.append(p)
+    docs = []
+    for _ in range(n_docs):
+        doc = []
+        for _ in range(int(rng.integers(problems_per_doc[0], problems_per_doc[1] + 1))):
+            p = problem(rng, families, max_level, teacher_error_rate)
+            while p["problem"] in seen:  # keep held-out problems out of training text
+                p = problem(rng, families, max_level, teacher_error_rate)
+            x_problem, x_result = problem_chunks(p)
+            doc += [{"text": x_problem, "thought": p["plan"], "gold": p["plan"]},
+                    {"text": x_result, "thought": p["thought"], "gold": p["gold_thought"]}]
+        docs.append(doc)
+    return docs, held[n_exemplars:], held[:n_exemplars]
+
+
+def math_row(p):
+    """A held-out problem in MATH's jsonl shape (the solution ends in \\boxed{answer}), for eval_math.py."""
+    return {"problem": p["problem"], "solution": f"{p['gold_thought']}. The answer is $\\boxed{{{p['answer']}}}$.",
+            "answer": p["answer"], "family": p["family"], "level": p["level"]}
+
+
+def prepare(out_dir, seed=0, n_docs=4000, n_val_docs=200, warm_fraction=0.2, tokenizer="byte", **knobs):
+    """
+    Write the embedded corpus's splits into out_dir (skipped when already complete with the same settings):
+      warm.*   warm-start documents with the teacher's thoughts: chunks, thoughts, raw and augmented bins
+      boot.*   bootstrap documents: chunks and raw bin; boot.gold.jsonl holds their gold thoughts, for
+               measuring the E-step only (never trained on)
+      val.*    validation documents: raw and augmented (gold thoughts) bins
+      eval.jsonl, exemplars.jsonl   held-out problems in MATH's shape, and few-shot exemplars
+    """
+    from data.files import build_augmented_bin, build_raw_bin, read_meta, update_meta, write_jsonl
+    from data.tokenizer import get_tokenizer
+
+    settings = dict(seed=seed, n_docs=n_docs, n_val_docs=n_val_docs, warm_fraction=warm_fraction,
+                    tokenizer=tokenizer, **knobs)
+    meta = read_meta(out_dir)
+    if meta and meta.get("mathworld") == settings:
+        return meta
+    if meta:
+        raise ValueError(f"{out_dir}/meta.json: prepared with other settings {meta.get('mathworld')}; "
+                         f"use another directory or delete it")
+    tok = get_tokenizer(tokenizer)
+    docs, held, exemplars = generate(seed, n_docs + n_val_docs, **knobs)
+    n_warm = int(round(warm_fraction * n_docs))
+    splits = {"warm": docs[:n_warm], "boot": docs[n_warm:n_docs], "val": docs[n_docs:]}
+    for name, split in splits.items():
+        chunks = os.path.join(out_dir, f"{name}.chunks.jsonl")
+        write_jsonl(chunks, ({"id": f"{name}{d}:{i}", "doc": f"{name}{d}", "idx": i, "text": c["text"]}
+                             for d, doc in enumerate(split) for i, c in enumerate(doc)))
+        key = "gold" if name == "val" else "thought"  # validation measures against the noise-free thoughts
+        thoughts = os.path.join(out_dir, f"{name}.gold.jsonl" if name == "boot" else f"{name}.thoughts.jsonl")
+        write_jsonl(thoughts, ({"id": f"{name}{d}:{i}", "thought": c["gold" if name == "boot" else key]}
+                               for d, doc in enumerate(split) for i, c in enumerate(doc)))
+        build_raw_bin(tok, chunks, os.path.join(out_dir, f"{name}_raw.bin"))
+        if name != "boot":
+            build_augmented_bin(tok, chunks, thoughts, os.path.join(out_dir, f"{name}_aug.bin"), seed)
+    write_jsonl(os.path.join(out_dir, "eval.jsonl"), (math_row(p) for p in held))
+    write_jsonl(os.path.join(out_dir, "exemplars.jsonl"),
+                ({**math_row(p), "thought": p["gold_thought"], "raw_solution": problem_chunks(p)[1].strip()}
+                 for p in exemplars))
+    # written last: its "mathworld" entry marks the directory complete
+    return update_meta(out_dir, tok, mathworld=settings)
+
+
+def main(argv):
+    import argparse
+    from data.latent import augmented_document, show
+    from data.tokenizer import get_tokenizer
+    ap = argparse.ArgumentParser(description="Generate or look at the embedded math corpus.")
+    ap.add_argument("--show", type=int, default=0, help="print N documents, raw and with thoughts")
+    ap.add_argument("--out_dir", default="", help="prepare the corpus into this directory")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n_docs", type=int, default=4000)
+    ap.add_argument("--teacher_error_rate", type=float, default=0.0)
+    args = ap.parse_args(argv)
+    if args.show:
+        tok = get_tokenizer("byte")
+        docs, held, _ = generate(args.seed, args.show, teacher_error_rate=args.teacher_error_rate, n_eval=5)
+        for i, doc in enumerate(docs):
+            print(f"===== document {i}, raw =====\n" + "".join(c["text"] for c in doc))
+            ids = augmented_document(tok, [c["text"] for c in doc], [c["thought"] for c in doc], (args.seed, i))
+            print(f"===== document {i}, thought-augmented =====\n" + show(tok, ids) + "\n")
+    if args.out_dir:
+        print(prepare(args.out_dir, args.seed, args.n_docs, teacher_error_rate=args.teacher_error_rate))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

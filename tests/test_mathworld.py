@@ -1,0 +1,73 @@
+import filecmp
+import os
+
+from data.files import open_bin, read_chunks, read_jsonl, read_thoughts
+from data.mathworld import FAMILIES, generate, prepare, thought_result
+from data.tokenizer import get_tokenizer
+
+KNOBS = dict(n_docs=40, n_val_docs=10, n_eval=30, n_exemplars=4)
+
+
+def test_gold_thoughts_derive_the_stated_answer():
+    docs, held, exemplars = generate(seed=3, n_docs=300, n_eval=100)
+    n = 0
+    for doc in docs:
+        for problem, result in zip(doc[0::2], doc[1::2]):
+            assert problem["text"].startswith("Problem:\n") and result["text"].startswith("Final Answer: ")
+            assert thought_result(problem["gold"]) is None  # the plan before a problem states no result
+            assert thought_result(result["gold"]) == result["text"].split(": ", 1)[1].strip()
+            n += 1
+    assert n >= 900
+    assert {p["family"] for p in held} == set(FAMILIES)
+    assert all(thought_result(p["gold_thought"]) == p["answer"] for p in held + exemplars)
+
+
+def test_held_out_problems_never_appear_in_documents():
+    docs, held, exemplars = generate(seed=1, n_docs=500, n_eval=200)
+    texts = {c["text"] for doc in docs for c in doc}
+    assert not any(f"Problem:\n{p['problem']}\n" in texts for p in held + exemplars)
+
+
+def test_teacher_error_rate_makes_wrong_thoughts_at_about_that_rate():
+    docs, _, _ = generate(seed=0, n_docs=400, teacher_error_rate=0.5, n_eval=10)
+    results = [c for doc in docs for c in doc[1::2]]
+    wrong = sum(thought_result(c["thought"]) != thought_result(c["gold"]) for c in results) / len(results)
+    assert 0.3 < wrong < 0.55, wrong  # a wrong step can leave the result unchanged (e.g. under mod)
+    clean, _, _ = generate(seed=0, n_docs=50, n_eval=10)
+    assert all(c["thought"] == c["gold"] for doc in clean for c in doc)
+
+
+def test_prepare_is_deterministic_and_complete(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    prepare(a, seed=7, **KNOBS)
+    prepare(b, seed=7, **KNOBS)
+    names = sorted(f for f in os.listdir(a) if f != "meta.json")
+    assert names == sorted(f for f in os.listdir(b) if f != "meta.json")
+    for f in names:
+        assert filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False), f
+    assert not any(f.endswith(".tmp") for f in names)
+    # splits are disjoint and sized as asked; the bootstrap split's gold thoughts cover its chunks
+    warm, boot = read_chunks(os.path.join(a, "warm.chunks.jsonl")), read_chunks(os.path.join(a, "boot.chunks.jsonl"))
+    assert len(warm) == 8 and len(boot) == 32
+    gold = read_thoughts(os.path.join(a, "boot.gold.jsonl"))
+    assert set(gold) == {c["id"] for doc in boot for c in doc}
+    rows = [r for _, r in read_jsonl(os.path.join(a, "eval.jsonl"), required=("problem", "solution", "answer"))]
+    assert len(rows) == 30 and all(r["solution"].endswith(f"\\boxed{{{r['answer']}}}$.") for r in rows)
+    # a second prepare with other settings into the same directory is refused, not mixed in
+    try:
+        prepare(a, seed=8, **KNOBS)
+        raise AssertionError("expected an error")
+    except ValueError as e:
+        assert "other settings" in str(e)
+
+
+def test_augmented_bin_shows_both_latent_orders(tmp_path):
+    d = str(tmp_path)
+    prepare(d, seed=0, **KNOBS)
+    tok = get_tokenizer("byte")
+    text = tok.decode(open_bin(os.path.join(d, "warm_aug.bin"), tokenizer="byte"))
+    assert "<|START_OF_LATENT|><|PRIOR_PREFIX|>" in text and "<|END_OF_LATENT|>Final Answer: " in text
+    assert "<|START_OF_LATENT|><|END_OF_LATENT|>Final Answer: " in text
+    assert "<|START_OF_LATENT|><|POSTERIOR_PREFIX|>" in text
+    raw = tok.decode(open_bin(os.path.join(d, "warm_raw.bin")))
+    assert "LATENT" not in raw and raw.count("<|endoftext|>") == 8
