@@ -6,14 +6,19 @@ alone (no download), in which the writer SKIPS the intermediate steps on purpose
     Start with 7, add 5, multiply by 2, then subtract 3. What is the result?
     Final Answer: 21
 
-Every document is a few such problems, and every problem is two chunks: the problem statement, then its result.
-method.md (Evaluation) explains why they must be separate chunks: the thought for the result chunk then sits
-between the problem and its answer, exactly where the latent evaluation prompt opens one.
+Every document is a few such problems, chunked so that a problem and its result fall in DIFFERENT chunks:
+
+    chunk 0:    "Problem:\n{p1}\n"
+    chunk i:    "Final Answer: {a_i}\n\nProblem:\n{p_i+1}\n"
+    last chunk: "Final Answer: {a_n}\n\n"
+
+method.md (Evaluation) explains why: the prior-order thought of chunk i then sits right after problem i and
+before its answer, exactly where the latent evaluation prompt "Problem:\n{p}\n<SOL><PRIOR>" opens one.
 
 For each chunk the generator also writes the gold latent thought, the skipped steps in one explicit style:
 
-    problem chunk:  "Next: chain, 3 steps."             (what the writer has in mind before the problem)
-    result chunk:   "7+5=12; 12*2=24; 24-3=21 => 21"    (the derivation; "=> R" states the result R)
+    chunk 0:    "Exercises."                        (nothing to derive yet)
+    chunk i:    "7+5=12; 12*2=24; 24-3=21 => 21"    (problem i's derivation; "=> R" states the result R)
 
 These play the teacher (GPT-4o-mini in the paper) for the warm-start split. For the bootstrap split they are
 saved apart and used ONLY to measure how often the E-step recovers a thought with the right result.
@@ -166,13 +171,28 @@ def problem(rng, families, max_level, error_rate=0.0):
     level = int(rng.integers(1, max_level + 1))
     text, steps, answer = FAMILIES[name](rng, level)
     return {"problem": text, "answer": str(answer), "family": name, "level": level,
-            "plan": f"Next: {name}, {len(steps)} steps.", "thought": derivation(steps, answer, rng, error_rate),
+            "thought": derivation(steps, answer, rng, error_rate),
             "gold_thought": derivation(steps, answer)}
 
 
-def problem_chunks(p):
-    """A problem as the two chunks of a document: statement, then result (the steps are skipped)."""
-    return [f"Problem:\n{p['problem']}\n", f"Final Answer: {p['answer']}\n\n"]
+FIRST_THOUGHT = "Exercises."
+
+
+def problem_text(p):
+    return f"Problem:\n{p['problem']}\n"
+
+
+def result_text(p):
+    return f"Final Answer: {p['answer']}\n\n"
+
+
+def document(problems, thought="thought"):
+    """Problems as chunks (statement of problem 1 | result i + statement i+1 | ... | result n) and their thoughts:
+    the steps skipped between a problem and its result are the thought of the chunk holding the result."""
+    texts = [problem_text(problems[0])] + [result_text(a) + problem_text(b) for a, b in zip(problems, problems[1:])]
+    texts.append(result_text(problems[-1]))
+    return [{"text": t, "thought": z, "gold": g} for t, z, g in
+            zip(texts, [FIRST_THOUGHT] + [p[thought] for p in problems], [FIRST_THOUGHT] + [p["gold_thought"] for p in problems])]
 
 
 def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families=None, teacher_error_rate=0.0,
@@ -191,15 +211,13 @@ def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families
             seen.add(p["problem"]); held.append(p)
     docs = []
     for _ in range(n_docs):
-        doc = []
+        problems = []
         for _ in range(int(rng.integers(problems_per_doc[0], problems_per_doc[1] + 1))):
             p = problem(rng, families, max_level, teacher_error_rate)
             while p["problem"] in seen:  # keep held-out problems out of training text
                 p = problem(rng, families, max_level, teacher_error_rate)
-            x_problem, x_result = problem_chunks(p)
-            doc += [{"text": x_problem, "thought": p["plan"], "gold": p["plan"]},
-                    {"text": x_result, "thought": p["thought"], "gold": p["gold_thought"]}]
-        docs.append(doc)
+            problems.append(p)
+        docs.append(document(problems))
     return docs, held[n_exemplars:], held[:n_exemplars]
 
 
@@ -246,7 +264,7 @@ def prepare(out_dir, seed=0, n_docs=4000, n_val_docs=200, warm_fraction=0.2, tok
             build_augmented_bin(tok, chunks, thoughts, os.path.join(out_dir, f"{name}_aug.bin"), seed)
     write_jsonl(os.path.join(out_dir, "eval.jsonl"), (math_row(p) for p in held))
     write_jsonl(os.path.join(out_dir, "exemplars.jsonl"),
-                ({**math_row(p), "thought": p["gold_thought"], "raw_solution": problem_chunks(p)[1].strip()}
+                ({**math_row(p), "thought": p["gold_thought"], "raw_solution": result_text(p).strip()}
                  for p in exemplars))
     # written last: its "mathworld" entry marks the directory complete
     return update_meta(out_dir, tok, mathworld=settings)

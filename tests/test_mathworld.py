@@ -12,11 +12,12 @@ def test_gold_thoughts_derive_the_stated_answer():
     docs, held, exemplars = generate(seed=3, n_docs=300, n_eval=100)
     n = 0
     for doc in docs:
-        for problem, result in zip(doc[0::2], doc[1::2]):
-            assert problem["text"].startswith("Problem:\n") and result["text"].startswith("Final Answer: ")
-            assert thought_result(problem["gold"]) is None  # the plan before a problem states no result
-            assert thought_result(result["gold"]) == result["text"].split(": ", 1)[1].strip()
+        assert doc[0]["text"].startswith("Problem:\n") and thought_result(doc[0]["gold"]) is None
+        for chunk in doc[1:]:  # each later chunk states the previous problem's result: its thought derives it
+            assert chunk["text"].startswith("Final Answer: ")
+            assert thought_result(chunk["gold"]) == chunk["text"].split(": ", 1)[1].split("\n")[0]
             n += 1
+        assert doc[-1]["text"].endswith("\n\n") and "Problem:" not in doc[-1]["text"]
     assert n >= 900
     assert {p["family"] for p in held} == set(FAMILIES)
     assert all(thought_result(p["gold_thought"]) == p["answer"] for p in held + exemplars)
@@ -24,13 +25,13 @@ def test_gold_thoughts_derive_the_stated_answer():
 
 def test_held_out_problems_never_appear_in_documents():
     docs, held, exemplars = generate(seed=1, n_docs=500, n_eval=200)
-    texts = {c["text"] for doc in docs for c in doc}
-    assert not any(f"Problem:\n{p['problem']}\n" in texts for p in held + exemplars)
+    text = "".join(c["text"] for doc in docs for c in doc)
+    assert not any(f"Problem:\n{p['problem']}\n" in text for p in held + exemplars)
 
 
 def test_teacher_error_rate_makes_wrong_thoughts_at_about_that_rate():
     docs, _, _ = generate(seed=0, n_docs=400, teacher_error_rate=0.5, n_eval=10)
-    results = [c for doc in docs for c in doc[1::2]]
+    results = [c for doc in docs for c in doc[1:]]
     wrong = sum(thought_result(c["thought"]) != thought_result(c["gold"]) for c in results) / len(results)
     assert 0.3 < wrong < 0.55, wrong  # a wrong step can leave the result unchanged (e.g. under mod)
     clean, _, _ = generate(seed=0, n_docs=50, n_eval=10)
@@ -67,7 +68,7 @@ def test_augmented_bin_shows_both_latent_orders(tmp_path):
     tok = get_tokenizer("byte")
     text = tok.decode(open_bin(os.path.join(d, "warm_aug.bin"), tokenizer="byte"))
     assert "<|START_OF_LATENT|><|PRIOR_PREFIX|>" in text and "<|END_OF_LATENT|>Final Answer: " in text
-    assert "<|START_OF_LATENT|><|END_OF_LATENT|>Final Answer: " in text
+    assert "<|START_OF_LATENT|><|END_OF_LATENT|>Final Answer: " in text and "\nProblem:\n" in text
     assert "<|START_OF_LATENT|><|POSTERIOR_PREFIX|>" in text
     raw = tok.decode(open_bin(os.path.join(d, "warm_raw.bin")))
     assert "LATENT" not in raw and raw.count("<|endoftext|>") == 8
