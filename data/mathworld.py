@@ -3,7 +3,7 @@ mathworld: the embedded corpus. A procedurally generated world of terse math tex
 alone (no download), in which the writer SKIPS the intermediate steps on purpose, as answer keys do:
 
     Problem:
-    Start with 7, add 5, multiply by 2, then subtract 3. What is the result?
+    Start at 7, add 5, double, then subtract 3.
     Final Answer: 21
 
 Every document is a few such problems, chunked so that a problem and its result fall in DIFFERENT chunks:
@@ -36,107 +36,77 @@ NAMES = ["Ann", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eva", "Tom"]
 ITEMS = ["apples", "pens", "cards", "coins", "books", "shells", "stamps", "marbles"]
 
 
-def _pick_ops(rng, x, n):
-    """n random operations applied to x, keeping every intermediate value a small non-negative integer."""
-    ops = []
-    for _ in range(n):
-        kinds = ["add", "sub", "mul"] + (["div"] if any(x % d == 0 for d in (2, 3, 4, 5) if x > 0) else [])
-        kind = kinds[rng.integers(len(kinds))]
-        if kind == "mul" and x * 2 > 150 or kind == "sub" and x < 2:
-            kind = "add"
-        if kind == "add":
-            k = int(rng.integers(1, 21)); ops.append(("add", k, f"add {k}", "+")); x += k
-        elif kind == "sub":
-            k = int(rng.integers(1, min(x, 20) + 1)); ops.append(("sub", k, f"subtract {k}", "-")); x -= k
-        elif kind == "mul":
-            k = int(rng.integers(2, max(3, min(6, 150 // x + 1)))) if x else 2
-            ops.append(("mul", k, f"multiply by {k}", "*")); x *= k
-        else:
-            k = int(rng.choice([d for d in (2, 3, 4, 5) if x % d == 0])); ops.append(("div", k, f"divide by {k}", "/")); x //= k
-    return ops
-
-
-def _apply(op, x):
-    return {"add": x + op[1], "sub": x - op[1], "mul": x * op[1], "div": x // op[1]}[op[0]]
-
-
-# Each family returns (problem, steps, answer): steps is a list of (a, op, b, value) binary operations, written
-# "a op b = value" in the thought, so a teacher error can change one value and let it propagate.
-
 def chain(rng, level):
-    x0 = int(rng.integers(2, 21))
-    ops = _pick_ops(rng, x0, level + 1)
-    words = ", ".join(o[2] for o in ops[:-1]) + f", then {ops[-1][2]}"
-    steps, x = [], x0
-    for o in ops:
-        steps.append((x, o[3], o[1], _apply(o, x))); x = steps[-1][3]
-    return f"Start with {x0}, {words}. What is the result?", steps, x
+    x0 = int(rng.integers(2, 10))
+    steps, words, x = [], [], x0
+    for _ in range(level + 1):
+        kind = rng.integers(4) if x <= 20 else rng.integers(2)  # keep every value below 60
+        if kind == 0 or kind == 1 and x < 2:
+            k = int(rng.integers(1, 10)); words.append(f"add {k}"); steps.append((x, "+", k, x + k))
+        elif kind == 1:
+            k = int(rng.integers(1, min(x, 9) + 1)); words.append(f"subtract {k}"); steps.append((x, "-", k, x - k))
+        else:
+            k = int(kind); words.append("double" if k == 2 else "triple"); steps.append((x, "*", k, x * k))
+        x = steps[-1][3]
+    return f"Start at {x0}, {', '.join(words[:-1])}, then {words[-1]}.", steps, x
 
 
 def total(rng, level):
-    nums = [int(v) for v in rng.integers(1, 40, size=level + 2)]
+    nums = [int(v) for v in rng.integers(1, 10, size=level + 2)]
     steps, x = [], nums[0]
     for v in nums[1:]:
         steps.append((x, "+", v, x + v)); x += v
-    return f"What is {' + '.join(map(str, nums))}?", steps, x
+    return f"Compute {'+'.join(map(str, nums))}.", steps, x
 
 
 def linear(rng, level):
-    a, x = int(rng.integers(2, 10)), int(rng.integers(1, 13))
+    a, x, b = int(rng.integers(2, 6)), int(rng.integers(1, 10)), int(rng.integers(1, 10))
     if level == 1:
-        b = int(rng.integers(1, 30))
-        return f"Solve {a}x + {b} = {a * x + b} for x.", [(a * x + b, "-", b, a * x), (a * x, "/", a, x)], x
-    c = int(rng.integers(1, a))  # a x + b = c x + d with a > c
-    b = int(rng.integers(1, 30)); d = (a - c) * x + b
-    return (f"Solve {a}x + {b} = {'' if c == 1 else c}x + {d} for x.",
+        return f"Solve {a}x+{b}={a * x + b}.", [(a * x + b, "-", b, a * x), (a * x, "/", a, x)], x
+    c = int(rng.integers(1, a)); d = (a - c) * x + b  # a x + b = c x + d with a > c
+    return (f"Solve {a}x+{b}={'' if c == 1 else c}x+{d}.",
             [(a, "-", c, a - c), (d, "-", b, d - b), (d - b, "/", a - c, x)], x)
 
 
 def word(rng, level):
     name, item = NAMES[rng.integers(len(NAMES))], ITEMS[rng.integers(len(ITEMS))]
-    have, bags, per = int(rng.integers(2, 30)), int(rng.integers(2, 7)), int(rng.integers(2, 10))
-    text = f"{name} has {have} {item}. {name} buys {bags} bags of {per} {item}"
+    have, bags, per = int(rng.integers(1, 10)), int(rng.integers(2, 6)), int(rng.integers(2, 6))
+    text = f"{name} has {have} {item} and buys {bags} bags of {per}"
     steps = [(bags, "*", per, bags * per), (have, "+", bags * per, have + bags * per)]
     x = have + bags * per
     if level >= 2:
-        give = int(rng.integers(1, x)); text += f" and gives {give} away"
+        give = int(rng.integers(1, 10)); text += f", then gives away {give}"
         steps.append((x, "-", give, x - give)); x -= give
-    if level >= 3:
-        friends = int(rng.choice([d for d in (2, 3, 4, 5) if x % d == 0] or [1]))
-        if friends > 1:
-            text += f", then shares them equally among {friends} friends"
-            steps.append((x, "/", friends, x // friends)); x //= friends
-    return text + f". How many {item} does {'each friend get' if level >= 3 and len(steps) == 4 else name + ' have'}?", steps, x
-
-
-def gcd(rng, level):
-    g = int(rng.integers(2, 4 + 4 * level))
-    m, n = sorted(int(v) for v in rng.choice(np.arange(2, 6 + 3 * level), size=2, replace=False))
-    if math.gcd(m, n) != 1:
-        m = 1
-    a, b = g * n, g * m
-    steps = []
-    while b:
-        steps.append((a, "mod", b, a % b)); a, b = b, a % b
-    return f"Find gcd({g * n}, {g * m}).", steps, a
-
-
-def modular(rng, level):
-    a, b, c = (int(v) for v in rng.integers(2, 10 + 3 * level, size=3))
-    m = int(rng.integers(3, 12))
-    return (f"What is ({a}*{b} + {c}) mod {m}?",
-            [(a, "*", b, a * b), (a * b, "+", c, a * b + c), (a * b + c, "mod", m, (a * b + c) % m)], (a * b + c) % m)
+    return text + f". How many {item} now?", steps, x
 
 
 def poly(rng, level):
-    a, b, c, x = int(rng.integers(1, 5)), int(rng.integers(1, 10)), int(rng.integers(1, 20)), int(rng.integers(1, 4 + level))
+    a, b, c, x = int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, 10)), int(rng.integers(1, 2 + level))
     steps = [(x, "*", x, x * x), (a, "*", x * x, a * x * x), (b, "*", x, b * x), (a * x * x, "+", b * x, a * x * x + b * x),
              (a * x * x + b * x, "-", c, a * x * x + b * x - c)]
-    return f"Evaluate {a}x^2 + {b}x - {c} at x = {x}.", steps, a * x * x + b * x - c
+    return f"Evaluate {a}x^2+{b}x-{c} at x={x}.", steps, a * x * x + b * x - c
 
 
-FAMILIES = {"chain": chain, "total": total, "linear": linear, "word": word, "gcd": gcd, "modular": modular,
-            "poly": poly}
+def gcd(rng, level):
+    g = int(rng.integers(2, 4 + 2 * level))
+    m, n = sorted(int(v) for v in rng.choice(np.arange(1, 5 + 2 * level), size=2, replace=False))
+    if math.gcd(m, n) != 1:
+        m = 1
+    a, b, steps = g * n, g * m, []
+    while b:
+        steps.append((a, "mod", b, a % b)); a, b = b, a % b
+    return f"Find gcd({g * n},{g * m}).", steps, a
+
+
+def modular(rng, level):
+    a, b, c, m = int(rng.integers(2, 10)), int(rng.integers(2, 10)), int(rng.integers(1, 10)), int(rng.integers(3, 10))
+    return (f"Compute ({a}*{b}+{c}) mod {m}.",
+            [(a, "*", b, a * b), (a * b, "+", c, a * b + c), (a * b + c, "mod", m, (a * b + c) % m)], (a * b + c) % m)
+
+
+FAMILIES = {"chain": chain, "total": total, "linear": linear, "word": word, "poly": poly, "gcd": gcd,
+            "modular": modular}
+DEFAULT_FAMILIES = ("chain", "total", "linear", "word", "poly")  # the harder gcd and modular are opt-in
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b,
        "mod": lambda a, b: a % b}
 
@@ -202,7 +172,7 @@ def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families
     {"text", "thought"} where thought is what the (possibly noisy) teacher writes, plus "gold" (the
     noise-free thought). Evaluation problems never appear in any document.
     """
-    families = list(families or FAMILIES)
+    families = list(families or DEFAULT_FAMILIES)
     rng = np.random.default_rng(seed)
     held, seen = [], set(exclude)
     while len(held) < n_eval + n_exemplars:

@@ -2,7 +2,7 @@ import filecmp
 import os
 
 from data.files import open_bin, read_chunks, read_jsonl, read_thoughts
-from data.mathworld import FAMILIES, generate, prepare, thought_result
+from data.mathworld import DEFAULT_FAMILIES, FAMILIES, generate, prepare, thought_result
 from data.tokenizer import get_tokenizer
 
 KNOBS = dict(n_docs=40, n_val_docs=10, n_eval=30, n_exemplars=4)
@@ -19,7 +19,9 @@ def test_gold_thoughts_derive_the_stated_answer():
             n += 1
         assert doc[-1]["text"].endswith("\n\n") and "Problem:" not in doc[-1]["text"]
     assert n >= 900
-    assert {p["family"] for p in held} == set(FAMILIES)
+    assert {p["family"] for p in held} == set(DEFAULT_FAMILIES)
+    every, _, _ = generate(seed=3, n_docs=5, n_eval=200, families=FAMILIES)
+    assert all(thought_result(c["gold"]) == c["text"].split(": ", 1)[1].split("\n")[0] for d in every for c in d[1:])
     assert all(thought_result(p["gold_thought"]) == p["answer"] for p in held + exemplars)
 
 
