@@ -1,0 +1,373 @@
+"""
+The M-step (method.md): train a language model on token bins, nanoGPT-style.
+
+    python train.py config/train_mathworld.py --train_bins="['runs/x/data/warm_aug.bin']" --max_tokens=20000000
+    torchrun --nproc_per_node=8 train.py config/train_gpt2_124m.py ...
+    python -c "from train import train; train('config/train_cpu_smoke.py', out_dir='out', train_bins=[...])"
+
+Every M-step restarts from the same base initialisation (make_base) on the thought-augmented corpus; the loss is
+plain next-token cross-entropy on every token (thoughts, text and special tokens alike; nothing is masked).
+Batches and dropout are pure functions of (seed, step, micro-step, rank), so a run interrupted and called again
+continues from out_dir/ckpt.pt and ends with the same weights as an uninterrupted one.
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from configurator import apply, defaults_of, parse_args
+from data.files import open_bin
+from data.tokenizer import get_tokenizer
+from model import GPT, GPTConfig, clean_state_dict, estimate_mfu, model_args, save_checkpoint
+
+# ----------------------------------------------------------------------------- config
+out_dir = "out"
+train_bins = []           # token bins to train on
+train_weights = None      # mixing weight per bin; None = proportional to each bin's size
+val_bins = {}             # name -> bin, e.g. {"raw": ".../val_raw.bin", "aug": ".../val_aug.bin"}
+init_from = "scratch"     # "scratch" | a .pt checkpoint of this project (weights only) | a local HF GPT-2 directory
+tokenizer = "byte"
+latent = False            # recorded in the checkpoint: trained on thought-augmented data?
+# model (ignored when init_from is a checkpoint or a GPT-2 directory: the shape comes from there)
+n_layer = 6
+n_head = 6
+n_embd = 384
+block_size = 1024
+dropout = 0.0
+bias = True
+# budget and optimiser
+batch_size = 32           # rows per micro-step per process
+grad_accum = 1            # micro-steps per optimiser step
+max_tokens = 0            # token budget; 0 = run max_steps
+max_steps = 1000
+learning_rate = 1e-3
+min_lr = 1e-4
+warmup_frac = 0.05        # fraction of the steps spent warming up, then cosine decay to min_lr
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0           # 0 = off
+# evaluation, logging, checkpoints (in steps)
+eval_interval = 200
+eval_tokens = 65536       # tokens per val bin per evaluation, on a fixed set of windows
+log_interval = 10
+ckpt_interval = 200
+stop_after = 0            # stop (and checkpoint) after this many steps; 0 = run to the end. For tests of resuming
+resume = "auto"           # "auto": continue out_dir/ckpt.pt when its config matches | "never": start over
+# system
+seed = 0
+device = "auto"           # "auto" = cuda if available, else cpu
+dtype = "auto"            # "auto" = bfloat16 autocast on cuda, float32 on cpu | "float32" | "bfloat16"
+compile = None            # None or "auto" = on for cuda, off for cpu | True | False
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_of(globals())
+# keys that may change between an interrupted run and its continuation without changing the weights
+HARMLESS = {"out_dir", "val_bins", "eval_interval", "eval_tokens", "log_interval", "ckpt_interval", "stop_after",
+            "resume", "device", "compile"}
+
+
+def resolve(config_file=None, **overrides):
+    """Defaults <- config file <- keyword overrides, each key and type checked (a typo is an error)."""
+    cfg = apply(DEFAULTS, parse_args([config_file], DEFAULTS) if config_file else {}, config_file or "")
+    return apply(cfg, overrides, "train() arguments")
+
+
+def build_model(cfg, tok):
+    """The starting model: a seeded fresh init, a project checkpoint's weights, or a local GPT-2 directory."""
+    src = cfg["init_from"]
+    if src == "scratch":
+        torch.manual_seed(cfg["seed"])
+        return GPT(GPTConfig(block_size=cfg["block_size"], vocab_size=tok.n_vocab, n_layer=cfg["n_layer"],
+                             n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"]))
+    if os.path.isdir(src):
+        if tok.name != "gpt2":
+            raise ValueError(f"init_from={src!r} is a GPT-2 directory: it needs tokenizer 'gpt2', not {tok.name!r}")
+        return GPT.from_pretrained(src, tok, block_size=cfg["block_size"])
+    if not os.path.isfile(src):
+        raise FileNotFoundError(f"init_from={src!r}: neither 'scratch', a checkpoint file nor a GPT-2 directory")
+    ckpt = load_ckpt(src, tok.name)
+    model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": cfg["dropout"]}))
+    model.load_state_dict(clean_state_dict(ckpt["model"]))
+    return model
+
+
+def load_ckpt(path, tokenizer_name):
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt or "tokenizer" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint of this project (no model, model_args or tokenizer)")
+    if ckpt["tokenizer"] != tokenizer_name:
+        raise ValueError(f"{path}: checkpoint of tokenizer {ckpt['tokenizer']!r}, but the config says {tokenizer_name!r}")
+    return ckpt
+
+
+def make_base(path, config_file=None, **overrides):
+    """em.py's base initialisation: the configured starting model, saved once; every M-step restarts from it."""
+    cfg = resolve(config_file, **overrides)
+    tok = get_tokenizer(cfg["tokenizer"])
+    model = build_model(cfg, tok)
+    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes
+        save_checkpoint(path, {"model": model.state_dict(), "model_args": model_args(model.config), "tokenizer": tok.name,
+                               "latent": False, "config": cfg, "step": 0})
+    if dist.is_initialized():
+        dist.barrier()  # the other ranks read it next
+    return {"ckpt": path, "params": model.get_num_params()}
+
+
+def bin_info(path, tok_name, T):
+    """Check a bin once (tokenizer, length) and return its length."""
+    n = len(open_bin(path, tokenizer=tok_name))
+    if n < T + 1:
+        raise ValueError(f"{path}: {n} tokens, fewer than block_size + 1 = {T + 1}")
+    return n
+
+
+def get_batch(cfg, bins, probs, step, micro, rank=0):
+    """
+    (x, y) int64 (B, T) for one micro-step: each row picks a bin by the mixing weights, then a random window.
+    A pure function of (seed, step, micro, rank): a resumed run sees exactly the batches it would have seen.
+    """
+    B, T = cfg["batch_size"], cfg["block_size"]
+    rng = np.random.default_rng([cfg["seed"], step, micro, rank])
+    which = rng.choice(len(bins), size=B, p=probs)
+    rows = np.empty((B, T + 1), dtype=np.int64)
+    for b, path in enumerate(bins):
+        sel = np.nonzero(which == b)[0]
+        if len(sel):
+            data = open_bin(path, tokenizer=cfg["tokenizer"])  # re-opened per batch: no resident-memory growth
+            start = rng.integers(0, len(data) - T, size=len(sel))
+            rows[sel] = data[start[:, None] + np.arange(T + 1)]
+    xy = torch.from_numpy(rows)
+    return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
+
+
+def to_device(dev, *tensors):
+    if str(dev).startswith("cuda"):  # pinned host memory: the copy runs asynchronously, overlapping the compute
+        return [t.pin_memory().to(dev, non_blocking=True) for t in tensors]
+    return [t.to(dev) for t in tensors]
+
+
+def lr_at(cfg, it, steps):
+    """Linear warmup over warmup_frac of the steps, then cosine decay to min_lr."""
+    warm = int(cfg["warmup_frac"] * steps)
+    if it < warm:
+        return cfg["learning_rate"] * (it + 1) / (warm + 1)
+    ratio = (it - warm) / max(1, steps - warm)
+    return cfg["min_lr"] + 0.5 * (1 + math.cos(math.pi * ratio)) * (cfg["learning_rate"] - cfg["min_lr"])
+
+
+def make_optimizer(model, cfg, device_type):
+    # weight decay on matrices (2-D: linear weights, embeddings), none on biases and LayerNorm gains
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]),
+                             fused=device_type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model, cfg, val, ctx, device, rank, world):
+    """Loss per token of each val bin over a FIXED set of evenly spaced windows (the same every evaluation)."""
+    model.eval()
+    out, B, T = {}, cfg["batch_size"], cfg["block_size"]
+    for name, path in val.items():
+        data = open_bin(path, tokenizer=cfg["tokenizer"])
+        starts = np.linspace(0, len(data) - T - 1, max(1, cfg["eval_tokens"] // T)).astype(np.int64)[rank::world]
+        total = torch.zeros(2, device=device)  # (sum of loss x rows, rows)
+        for i in range(0, len(starts), B):
+            xy = torch.from_numpy(data[starts[i:i + B, None] + np.arange(T + 1)].astype(np.int64)).to(device)
+            with ctx:
+                _, loss = model(xy[:, :-1].contiguous(), xy[:, 1:].contiguous())
+            total += torch.stack([loss.float() * len(xy), torch.tensor(float(len(xy)), device=device)])
+        if world > 1:
+            dist.all_reduce(total)
+        out[name] = (total[0] / total[1]).item()
+    model.train()
+    return out
+
+
+def train(config_file=None, **overrides):
+    """Train per the config; returns {"tokens", "steps", "val", "wall_s", "tokens_per_s", "mfu", "ckpt", "latent",
+    "done"}. Continues an interrupted run in out_dir; a finished one returns its summary without training."""
+    cfg = resolve(config_file, **overrides)
+    t_start = time.time()
+    # distributed: torchrun sets RANK; em.py may already have started the process group
+    ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cuda = torch.cuda.is_available() if cfg["device"] == "auto" else cfg["device"].startswith("cuda")
+    if ddp and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    dev = (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if ddp else "cuda") if cuda else "cpu"
+    if cfg["device"] not in ("auto", "cuda", "cpu"):
+        dev = cfg["device"]
+    device_type = "cuda" if cuda else "cpu"
+    if cfg["dtype"] not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {cfg['dtype']!r}")
+    bf16 = cfg["dtype"] == "bfloat16" or (cfg["dtype"] == "auto" and cuda)
+    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    if cfg["compile"] not in (None, "auto", True, False):
+        raise ValueError(f"compile must be None, 'auto', True or False, got {cfg['compile']!r}")
+    use_compile = cuda if cfg["compile"] in (None, "auto") else cfg["compile"]
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on cuda
+
+    tok = get_tokenizer(cfg["tokenizer"])
+    T, B, A = cfg["block_size"], cfg["batch_size"], cfg["grad_accum"]
+    if not cfg["train_bins"]:
+        raise ValueError("train_bins is empty: nothing to train on")
+    sizes = [bin_info(p, tok.name, T) for p in cfg["train_bins"]]
+    for p in cfg["val_bins"].values():
+        bin_info(p, tok.name, T)
+    w = np.array(sizes if cfg["train_weights"] is None else cfg["train_weights"], dtype=np.float64)
+    if len(w) != len(sizes) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"train_weights {cfg['train_weights']} must be {len(sizes)} non-negative numbers, not all 0")
+    probs = w / w.sum()
+    tokens_per_step = B * A * T * world
+    steps = math.ceil(cfg["max_tokens"] / tokens_per_step) if cfg["max_tokens"] > 0 else cfg["max_steps"]
+
+    # resume: out_dir/ckpt.pt of the same config continues; a finished one is returned as it is
+    ckpt_path, log_path = os.path.join(cfg["out_dir"], "ckpt.pt"), os.path.join(cfg["out_dir"], "log.jsonl")
+    ckpt = None
+    if cfg["resume"] not in ("auto", "never"):
+        raise ValueError(f"resume must be 'auto' or 'never', got {cfg['resume']!r}")
+    if cfg["resume"] == "auto" and os.path.exists(ckpt_path):
+        ckpt = load_ckpt(ckpt_path, tok.name)
+        old = ckpt.get("config", {})
+        diff = sorted(k for k in set(cfg) | set(old) if k not in HARMLESS and cfg.get(k) != old.get(k))
+        if diff:
+            raise ValueError(f"{ckpt_path}: a run with another config ({', '.join(diff)} differ); "
+                             f"use another out_dir, delete it, or pass resume='never' to start over")
+        if ckpt.get("done"):
+            return ckpt["summary"]
+        if ckpt.get("steps_total") != steps:  # same config, another number of processes: other batches
+            raise ValueError(f"{ckpt_path}: a run of {ckpt.get('steps_total')} steps, now {steps} "
+                             f"({world} processes); continue it with the number of processes it started with")
+    if ckpt is None:
+        model = build_model(cfg, tok)
+    else:
+        model = GPT(GPTConfig(**ckpt["model_args"]))
+        model.load_state_dict(clean_state_dict(ckpt["model"]))
+    if model.config.block_size < T:
+        raise ValueError(f"block_size {T} > the model's {model.config.block_size} (init_from={cfg['init_from']!r})")
+    model.to(dev)
+    raw = model  # the plain module: saved, evaluated and measured (no _orig_mod. / module. prefixes)
+    optimizer = make_optimizer(model, cfg, device_type)
+    step, wall0 = 0, 0.0
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, wall0 = ckpt["step"], ckpt.get("wall_s", 0.0)
+    del ckpt
+    if use_compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if cuda else None)
+
+    def log(event):
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(event) + "\n")
+
+    if rank == 0:
+        os.makedirs(cfg["out_dir"], exist_ok=True)
+        # drop events logged after the checkpoint we continue from: they will be logged again
+        old = [json.loads(ln) for ln in open(log_path)] if step > 0 and os.path.exists(log_path) else []
+        with open(log_path, "w") as f:
+            f.writelines(json.dumps(e) + "\n" for e in old if e.get("step", 0) <= step)
+        print(f"train: {raw.get_num_params() / 1e6:.2f}M params, {steps} steps of {tokens_per_step:,} tokens "
+              f"on {world}x {dev}{', resuming at step ' + str(step) if step else ''}", flush=True)
+    log({"event": "start", "step": step, "steps": steps, "tokens_per_step": tokens_per_step, "world": world})
+
+    def save(done, summary=None):
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "model": raw.state_dict(), "optimizer": None if done else optimizer.state_dict(),  # done: not needed
+                "model_args": model_args(raw.config), "tokenizer": tok.name, "latent": cfg["latent"], "config": cfg,
+                "step": step, "steps_total": steps, "wall_s": wall0 + time.time() - t_start,
+                "rng": None,  # none needed: batches and dropout are re-seeded from (seed, step, micro, rank)
+                "done": done, "summary": summary})
+
+    val = {}
+    if step == 0 and cfg["val_bins"]:
+        val = evaluate(raw, cfg, cfg["val_bins"], ctx, dev, rank, world)
+        log({"event": "eval", "step": 0, "tokens": 0, "val": val})
+    end = min(steps, cfg["stop_after"]) if cfg["stop_after"] > 0 else steps
+    t_train, tok_train, first = 0.0, 0, None  # steady-state speed: the first logged interval (compile) excluded
+    t_log, step_log = time.time(), step
+    loss_sum = torch.zeros((), device=dev)
+    x, y = to_device(dev, *get_batch(cfg, cfg["train_bins"], probs, step, 0, rank)) if step < end else (None, None)
+    while step < end:
+        torch.manual_seed(cfg["seed"] * 1_000_003 + step * 1009 + rank)  # dropout: a pure function of the step
+        lr = lr_at(cfg, step, steps)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        for micro in range(A):
+            # DDP: all-reduce the gradients only on the last micro-step
+            with model.no_sync() if ddp and micro < A - 1 else nullcontext(), ctx:
+                _, loss = model(x, y)
+            # fetch the next micro-batch while the GPU works on this one
+            nxt = (step, micro + 1) if micro + 1 < A else (step + 1, 0)
+            if nxt[0] < end:
+                x_next, y_next = to_device(dev, *get_batch(cfg, cfg["train_bins"], probs, *nxt, rank))
+            (loss / A).backward()
+            loss_sum += loss.detach()  # no host sync here: .item() only at log steps
+            if nxt[0] < end:
+                x, y = x_next, y_next
+        if cfg["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        if step % cfg["log_interval"] == 0 or step == end:
+            loss_val = loss_sum.item() / (A * (step - step_log))  # the sync point
+            dt = time.time() - t_log
+            tps = tokens_per_step * (step - step_log) / dt
+            if first is None:
+                first = (dt, tokens_per_step * (step - step_log))
+            else:
+                t_train, tok_train = t_train + dt, tok_train + tokens_per_step * (step - step_log)
+            mfu = estimate_mfu(raw, tps / world, T) if cuda else None
+            eta = (steps - step) * dt / (step - step_log)
+            if rank == 0:
+                print(f"step {step}/{steps} | loss {loss_val:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | mfu "
+                      f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | eta {eta / 60:.1f} min", flush=True)
+            log({"event": "train", "step": step, "tokens": step * tokens_per_step, "loss": loss_val, "lr": lr,
+                 "tokens_per_s": tps, "mfu": mfu, "elapsed_s": wall0 + time.time() - t_start})
+            loss_sum.zero_()
+            t_log, step_log = time.time(), step
+        t_pause = time.time()  # evaluation and checkpoints are not training time
+        if cfg["val_bins"] and (step % cfg["eval_interval"] == 0 or step == steps):
+            val = evaluate(raw, cfg, cfg["val_bins"], ctx, dev, rank, world)
+            if rank == 0:
+                print(f"step {step}: val " + " | ".join(f"{k} {v:.4f}" for k, v in val.items()), flush=True)
+            log({"event": "eval", "step": step, "tokens": step * tokens_per_step, "val": val})
+        if step < steps and (step % cfg["ckpt_interval"] == 0 or step == end):
+            save(False)
+        t_log += time.time() - t_pause
+    if first is not None and tok_train == 0:  # a single logged interval: it is all there is
+        t_train, tok_train = first
+    tps = tok_train / t_train if t_train > 0 else None
+    summary = {"tokens": step * tokens_per_step, "steps": step, "val": val, "wall_s": wall0 + time.time() - t_start,
+               "tokens_per_s": tps, "mfu": estimate_mfu(raw, tps / world, T) if cuda and tps else None,
+               "ckpt": ckpt_path, "latent": cfg["latent"], "done": step >= steps}
+    if step >= steps:
+        save(True, summary)
+        log({"event": "done", "step": step, **{k: summary[k] for k in ("tokens", "wall_s", "tokens_per_s", "mfu")}})
+    if ddp:
+        dist.barrier()  # the checkpoint is complete before any rank returns
+    return summary
+
+
+if __name__ == "__main__":
+    summary = train(**parse_args(sys.argv[1:], DEFAULTS))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("summary: " + json.dumps(summary), flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
