@@ -1,0 +1,343 @@
+"""
+E-step (method.md): infer a latent thought Z for every chunk X of a chunk file with the current model.
+
+    python sample_thoughts.py --ckpt=runs/default/m0/ckpt.pt --chunks=runs/default/data/boot.chunks.jsonl \
+        --out_dir=runs/default/iter1/estep
+    torchrun --nproc_per_node=8 sample_thoughts.py ...          # shards spread over the GPUs
+
+For each chunk X with prefix P: K thoughts Z_k ~ q(Z | X, P) from the posterior prompt, each scored by the joint
+log p(Z_k, X | P), log w_k = log p - log q, and ONE thought kept by resampling with the normalised weights.
+
+out_dir/shards/shard_XXXXX.jsonl  per chunk: the K samples with log p, log q, log w, and the chosen one
+out_dir/thoughts.jsonl            {"id", "thought"} in chunk-file order (the M-step's input)
+out_dir/aug.bin                   the thought-augmented corpus (data.files.build_augmented_bin)
+out_dir/summary.json              ELBO, effective sample size, truncation, speed (and agreement with gold thoughts)
+
+Resuming: shards are fixed slices of the chunk file and their randomness depends only on (seed, shard index,
+batch index), so a killed run restarted with the same settings skips the shards on disk and ends byte-identical
+to an uninterrupted run, whatever the number of processes.
+
+Truncated thoughts (no <|END_OF_LATENT|> within max_thought_tokens) are not complete thoughts of the latent
+format, so they get weight 0 whenever at least one of the K finished: the mean weight then estimates
+sum over finished Z of p(Z, X | P) <= p(X | P), so the ELBO stays a lower bound. If all K are truncated (counted
+in all_truncated) we keep them all; their log q then lacks the stop token's probability, a small bias.
+
+The proposal q bans the control tokens other than <|END_OF_LATENT|> inside a thought (a thought is text), and
+records log-probs under that renormalised distribution, which is what importance weighting needs. On CUDA both
+generate and score run under bf16 autocast: their log-softmaxes are float32, of bf16 logits.
+"""
+import json
+import math
+import os
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from configurator import defaults_of, parse_args
+from data.files import (build_augmented_bin, chunk_prefix, read_chunks, read_jsonl, read_thoughts, write_json,
+                        write_jsonl)
+from data.latent import fit_context, joint_sequence, posterior_prompt, thought_stop_token
+from data.tokenizer import get_tokenizer
+from model import load_checkpoint
+
+# ----------------------------------------------------------------------------- config
+ckpt = ""                 # the current model (M_{t-1})
+chunks = ""               # chunk file (data/files.py format)
+out_dir = "out/estep"
+K = 4                     # thoughts sampled per chunk (method.md: 4)
+max_thought_tokens = 160  # paper: 1024
+selection = "importance"  # importance | uniform | argmax
+n_prefix = 3              # prefix chunks (method.md: 3 when bootstrapping)
+seed = 0
+batch_size = 64           # chunks per generate call, each with K rows
+gold = None               # optional thoughts jsonl of gold thoughts: measure agreement of the chosen ones
+shard_size = 2048         # chunks per shard: the unit of resuming and of multi-GPU work
+device = "auto"
+show = 0                  # print this many chunks with their K thoughts and weights
+limit = None              # only the first `limit` documents (a quick look)
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_of(globals())
+SELECTIONS = ("importance", "uniform", "argmax")
+SCORE_LOGITS = 2 ** 27    # logits elements per model.score call: bounds memory with a 50k vocabulary
+
+
+def eligible_log_w(log_w, truncated):
+    """log w with truncated thoughts at -inf (weight 0), unless all K are truncated."""
+    log_w = torch.as_tensor(log_w, dtype=torch.float64)
+    trunc = torch.as_tensor(truncated, dtype=torch.bool)
+    return log_w if trunc.all() else log_w.masked_fill(trunc, float("-inf"))
+
+
+def select(log_w, truncated, selection, generator):
+    """Index of the one thought kept among K (method.md E-step 3)."""
+    lw = eligible_log_w(log_w, truncated)
+    if selection == "importance":
+        # normalise over the K samples (softmax of log w) and resample one: not argmax
+        return int(torch.multinomial(torch.softmax(lw, 0), 1, generator=generator))
+    if selection == "uniform":  # ablation: no importance weighting
+        ok = torch.isfinite(lw).nonzero().squeeze(1)
+        return int(ok[torch.randint(len(ok), (1,), generator=generator)])
+    if selection == "argmax":
+        return int(lw.argmax())
+    raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+
+
+def chunk_stats(samples):
+    """(ELBO estimate, effective sample size) of one chunk's K samples (method.md E-step 4)."""
+    lw = eligible_log_w([s["logw"] for s in samples], [s["truncated"] for s in samples])
+    elbo = float(torch.logsumexp(lw, 0)) - math.log(len(samples))  # logsumexp(log w) - log K ~<= log p(X | P)
+    w = torch.softmax(lw, 0)
+    return elbo, float(1 / (w ** 2).sum())  # ESS = (sum w)^2 / sum w^2 with sum w = 1
+
+
+def derived_seed(*ints):
+    # a seed from (seed, shard, batch) alone: the same shard gets the same randomness in any run and any rank
+    return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1)[0])
+
+
+@contextmanager
+def timed(meter, key, cuda):
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()  # kernels run asynchronously: wait so the time lands in the right bucket
+    t = time.time()
+    yield
+    sync()
+    meter[key] += time.time() - t
+
+
+def context_budget(model, tok, max_thought_tokens):
+    """Tokens left for P and X so that the posterior prompt plus a whole thought fits the block."""
+    overhead = len(posterior_prompt(tok, "a", "b")) - 2  # the control tokens around P and X (data/latent.py)
+    ctx = model.config.block_size - max_thought_tokens - overhead
+    if ctx < 1:
+        raise ValueError(f"max_thought_tokens={max_thought_tokens} leaves no room for the chunk in block_size "
+                         f"{model.config.block_size}")
+    return ctx
+
+
+def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cuda):
+    """K thoughts for each (P, X) of a batch, with log q, log p and log w. Returns one list of K samples per chunk."""
+    T = model.config.block_size
+    ctx = context_budget(model, tok, max_thought_tokens)
+    prompts = [posterior_prompt(tok, P, X, max_tokens=ctx) for P, X in contexts]
+    stop = thought_stop_token(tok)
+    # a thought is text: the other control tokens are banned (they would decode to their names, not re-encode)
+    banned = [t for t in [tok.eot] + tok.latent_ids if t != stop]
+    with timed(meter, "decode", cuda):
+        # temperature 1, no top-k/top-p: the recorded log-probs are log q, untruncated (method.md E-step 1)
+        toks, lps, fin = model.generate(prompts, num_samples=K, max_new_tokens=max_thought_tokens, temperature=1.0,
+                                        stop_tokens=[stop], banned_tokens=banned, seed=gen_seed)
+    samples, seqs, starts = [], [], []
+    for r, (t, lp, done) in enumerate(zip(toks, lps, fin)):
+        P, X = contexts[r // K]
+        body = t[:-1] if done else t
+        text = tok.decode(body)
+        seq, start = joint_sequence(tok, P, X, text, max_tokens=ctx)
+        if len(seq) > T:  # the text re-encodes longer (invalid UTF-8 -> U+FFFD): shorten P, then X (method.md)
+            used = sum(map(len, fit_context(tok, P, X, ctx)))
+            seq, start = joint_sequence(tok, P, X, text, max_tokens=max(0, used - (len(seq) - T)))
+            if len(seq) > T:
+                raise ValueError(f"a thought of {len(body)} tokens re-encodes to more than block_size {T}")
+        seqs.append(seq)
+        starts.append(start)
+        samples.append({"text": text, "logq": sum(lp), "truncated": not done, "n_tokens": len(body),
+                        "exact": tok.encode(text) == body})  # False: the text does not give back the tokens
+    logp = [0.0] * len(seqs)
+
+    def score(group):
+        for g, v in zip(group, model.score([seqs[g] for g in group], [starts[g] for g in group]).tolist()):
+            logp[g] = v  # log p(Z, X | P)
+
+    with timed(meter, "score", cuda):
+        group = []
+        for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):  # similar lengths together: less padding
+            if group and (len(group) + 1) * len(seqs[i]) * model.padded_vocab > SCORE_LOGITS:
+                score(group)
+                group = []
+            group.append(i)
+        score(group)
+    out = []
+    for s, lp in zip(samples, logp):
+        # log w = log p(Z, X | P) - log q(Z | X, P)
+        out.append({"text": s["text"], "logp": lp, "logq": s["logq"], "logw": lp - s["logq"], **s})
+    return [out[i * K:(i + 1) * K] for i in range(len(contexts))]
+
+
+def run_shard(model, tok, part, s, K, max_thought_tokens, selection, seed, batch_size, meter, cuda, bar):
+    """One shard: [(chunk, prefix)] -> its output rows in chunk order. Randomness from (seed, s, batch) only."""
+    ctx = context_budget(model, tok, max_thought_tokens)
+    contexts = [(P, c["text"]) for c, P in part]
+    prompt_len = [len(posterior_prompt(tok, P, X, max_tokens=ctx)) for P, X in contexts]
+    order = sorted(range(len(part)), key=lambda j: prompt_len[j])  # similar prompt lengths batch together
+    found = [None] * len(part)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        got = infer_batch(model, tok, [contexts[j] for j in idx], K, max_thought_tokens,
+                          derived_seed(seed, s, 1 + b // batch_size), meter, cuda)
+        for j, samples in zip(idx, got):
+            found[j] = samples
+        meter["tokens"] += sum(x["n_tokens"] + (not x["truncated"]) for samples in got for x in samples)
+        meter["chunks"] += len(idx)
+        bar.update(len(idx))
+        bar.set_postfix(tok_s=f"{meter['tokens'] / max(meter['decode'], 1e-9):.0f}")
+    # selection in chunk order with one generator per shard: the same shard always makes the same choices
+    gen = torch.Generator().manual_seed(derived_seed(seed, s, 0))
+    rows = []
+    for (c, P), samples in zip(part, found):
+        chosen = select([x["logw"] for x in samples], [x["truncated"] for x in samples], selection, gen)
+        rows.append({"id": c["id"], "thought": samples[chosen]["text"], "chosen": chosen,
+                     "x_tokens": len(fit_context(tok, P, c["text"], ctx)[1]), "samples": samples})
+    return rows
+
+
+def print_chunk(row, P, X):
+    """--show: one chunk, its K thoughts and their weights, for people learning the method."""
+    w = torch.softmax(eligible_log_w([s["logw"] for s in row["samples"]], [s["truncated"] for s in row["samples"]]), 0)
+    print(f"\n=== chunk {row['id']}\n--- prefix P:\n{P}\n--- chunk X:\n{X}\n--- {len(w)} thoughts Z ~ q(Z | X, P):")
+    for k, s in enumerate(row["samples"]):
+        mark = ">" if k == row["chosen"] else " "
+        print(f"{mark} [{k}] log p(Z,X|P) {s['logp']:8.2f}  log q(Z|X,P) {s['logq']:8.2f}  log w {s['logw']:8.2f}  "
+              f"w {float(w[k]):.3f}{'  (truncated)' if s['truncated'] else ''}\n      {s['text']!r}")
+
+
+def sample_thoughts(ckpt, chunks, out_dir, K=4, max_thought_tokens=160, selection="importance", n_prefix=3, seed=0,
+                    batch_size=64, gold=None, shard_size=2048, device="auto", show=0, limit=None, result_fn=None,
+                    stop_after_shards=None):
+    """The E-step; returns the summary dict (also in out_dir/summary.json) on every rank. result_fn(thought) ->
+    final result or None defines agreement with the gold thoughts (default data.mathworld.thought_result).
+    stop_after_shards: return after writing that many shards, without merging (one process; tests of resuming)."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    t0 = time.time()
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if device == "auto":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
+    own_group = world > 1 and not dist.is_initialized()
+    if cuda:
+        torch.cuda.set_device(device)  # so synchronize() and nccl use this rank's GPU
+    if own_group:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    barrier = dist.barrier if world > 1 else (lambda: None)
+
+    model, ck = load_checkpoint(ckpt, device)
+    model.eval()
+    tok = get_tokenizer(ck["tokenizer"])
+    if not ck.get("latent", True) and rank == 0:
+        print(f"warning: {ckpt} was trained without thoughts; its posterior knows nothing of the latent format")
+    golds = read_thoughts(gold) if gold is not None else None  # read first: a bad file fails before the work
+    docs = read_chunks(chunks)[:limit]
+    items = [(c, chunk_prefix(doc, i, n_prefix)) for doc in docs for i, c in enumerate(doc)]  # chunk-file order
+    n_shards = (len(items) + shard_size - 1) // shard_size
+    shard_path = lambda s: os.path.join(out_dir, "shards", f"shard_{s:05d}.jsonl")
+
+    # settings that decide the result: resuming with other ones would mix two E-steps in one output
+    settings = dict(ckpt=os.path.abspath(ckpt), chunks=os.path.abspath(chunks), K=K,
+                    max_thought_tokens=max_thought_tokens, selection=selection, n_prefix=n_prefix, seed=seed,
+                    batch_size=batch_size, shard_size=shard_size, limit=limit)
+    settings_path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            old = json.load(f)
+        if old != settings:
+            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            raise ValueError(f"{settings_path}: shards on disk were made with other settings {diff} (old, new); "
+                             "use another out_dir or delete it")
+    barrier()
+    if rank == 0:
+        write_json(settings_path, settings)
+
+    todo = [s for s in range(n_shards) if s % world == rank and not os.path.exists(shard_path(s))]
+    meter = {"decode": 0.0, "score": 0.0, "chunks": 0, "tokens": 0}  # seconds, and work done in this run
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()  # log-softmaxes stay float32
+    bar = tqdm(total=sum(len(items[s * shard_size:(s + 1) * shard_size]) for s in todo), unit="chunk",
+               disable=rank != 0 or not sys.stderr.isatty(), desc="E-step")
+    for n_done, s in enumerate(todo):
+        if stop_after_shards is not None and n_done >= stop_after_shards:
+            bar.close()
+            return {"stopped_after_shards": n_done}
+        part = items[s * shard_size:(s + 1) * shard_size]
+        with amp:
+            rows = run_shard(model, tok, part, s, K, max_thought_tokens, selection, seed, batch_size, meter, cuda, bar)
+        write_jsonl(shard_path(s), rows)  # atomic: a shard on disk is a finished shard
+        for row, (c, P) in list(zip(rows, part))[:show if rank == 0 else 0]:
+            print_chunk(row, P, c["text"])
+        show = max(0, show - len(rows))
+    bar.close()
+
+    # gather the work counters of all ranks (timings: mean per rank)
+    stats = torch.tensor([meter["chunks"], meter["tokens"], meter["decode"], meter["score"]], dtype=torch.float64,
+                         device=device)
+    if world > 1:
+        dist.all_reduce(stats)
+    barrier()
+    summary = None
+    if rank == 0:
+        n_chunks, n_tokens = int(stats[0]), int(stats[1])
+        dec, sco = (float(x) / world for x in stats[2:])
+        summary = merge(tok, out_dir, chunks, items, n_shards, shard_size, shard_path, seed, K, selection, golds,
+                        result_fn, limit)
+        wall = time.time() - t0
+        other = wall - dec - sco
+        summary.update(chunks_per_s=n_chunks / wall, decode_tokens_per_s=n_tokens / max(dec, 1e-9), wall_s=wall,
+                       chunks_this_run=n_chunks, world_size=world,
+                       timings={"decode": dec, "score": sco, "other": other},
+                       timing_fractions={"decode": dec / wall, "score": sco / wall, "other": other / wall})
+        write_json(os.path.join(out_dir, "summary.json"), summary)
+    barrier()
+    if summary is None:
+        with open(os.path.join(out_dir, "summary.json")) as f:
+            summary = json.load(f)
+    if own_group:
+        dist.destroy_process_group()
+    return summary
+
+
+def merge(tok, out_dir, chunks, items, n_shards, shard_size, shard_path, seed, K, selection, golds, result_fn, limit):
+    """Rank 0: all shards -> thoughts.jsonl in chunk-file order, aug.bin, and the statistics of the summary."""
+    rows = []
+    for s in range(n_shards):
+        got = [r for _, r in read_jsonl(shard_path(s), required=("id", "thought", "chosen", "x_tokens", "samples"))]
+        if [r["id"] for r in got] != [c["id"] for c, _ in items[s * shard_size:(s + 1) * shard_size]]:
+            raise ValueError(f"{shard_path(s)}: not the chunks of shard {s} of {chunks} (a stale shard?)")
+        rows += got
+    thoughts = os.path.join(out_dir, "thoughts.jsonl")
+    write_jsonl(thoughts, ({"id": r["id"], "thought": r["thought"]} for r in rows))
+    if limit is not None:  # the augmented bin needs a thought for every chunk of its chunk file
+        chunks = os.path.join(out_dir, "chunks.jsonl")
+        write_jsonl(chunks, (c for c, _ in items))
+    build_augmented_bin(tok, chunks, thoughts, os.path.join(out_dir, "aug.bin"), seed)
+    elbo, ess = zip(*(chunk_stats(r["samples"]) for r in rows)) if rows else ((), ())
+    samples = [x for r in rows for x in r["samples"]]
+    mean = lambda xs: sum(xs) / max(1, len(xs))
+    summary = dict(chunks=len(rows), K=K, selection=selection, elbo=mean(elbo),
+                   elbo_per_raw_token=sum(elbo) / max(1, sum(r["x_tokens"] for r in rows)), ess=mean(ess),
+                   truncation=mean([x["truncated"] for x in samples]),
+                   all_truncated=mean([all(x["truncated"] for x in r["samples"]) for r in rows]),
+                   not_round_trip=mean([not x["exact"] for x in samples]),
+                   thought_tokens=mean([r["samples"][r["chosen"]]["n_tokens"] for r in rows]))
+    if golds is not None:
+        if result_fn is None:
+            from data.mathworld import thought_result as result_fn  # imported here: only the gold diagnostic needs it
+        pairs = [(r, result_fn(golds[r["id"]])) for r in rows if r["id"] in golds]
+        pairs = [(r, g) for r, g in pairs if g is not None]  # only chunks whose gold thought states a result
+        summary.update(gold_chunks=len(pairs),
+                       agree_chosen=mean([result_fn(r["thought"]) == g for r, g in pairs]) if pairs else None,
+                       # a thought picked uniformly among the K: the expected agreement, exactly
+                       agree_random=mean([mean([result_fn(x["text"]) == g for x in r["samples"]]) for r, g in pairs])
+                       if pairs else None)
+    return summary
+
+
+if __name__ == "__main__":
+    cfg = {**DEFAULTS, **parse_args(sys.argv[1:], DEFAULTS)}
+    if not cfg["ckpt"] or not cfg["chunks"]:
+        sys.exit("usage: python sample_thoughts.py --ckpt=CKPT.pt --chunks=CHUNKS.jsonl --out_dir=DIR [--key=val ...]")
+    result = sample_thoughts(**cfg)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps(result, indent=1))
