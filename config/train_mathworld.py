@@ -1,20 +1,21 @@
-# The default one-GPU model for the embedded math corpus (em.py's M-steps): a byte-level GPT of ~10.7M parameters.
-#     python train.py config/train_mathworld.py --train_bins="['runs/default/data/warm_aug.bin']" --max_tokens=20000000
+# The default model for the embedded math corpus (em.py's M-steps): a byte-level GPT of 0.8M parameters, sized
+# so the whole EM run fits on a 2-core CPU (README, "Results"); on a GPU it takes minutes.
+#     python train.py config/train_mathworld.py --train_bins="['runs/default/data/warm_aug.bin']" --max_tokens=2000000
 tokenizer = "byte"
-n_layer = 6
-n_head = 6
-n_embd = 384
-block_size = 1024
+n_layer = 4
+n_head = 4
+n_embd = 128
+block_size = 512
 dropout = 0.0
-batch_size = 32
+batch_size = 16
 grad_accum = 1
-learning_rate = 1e-3
-min_lr = 1e-4
+learning_rate = 3e-3
+min_lr = 3e-4
 warmup_frac = 0.05
 weight_decay = 0.1
 beta2 = 0.95
 grad_clip = 1.0
-eval_interval = 200
-eval_tokens = 65536
-log_interval = 20
-ckpt_interval = 200
+eval_interval = 1000
+eval_tokens = 32768
+log_interval = 50
+ckpt_interval = 100

@@ -1,0 +1,16 @@
+# The whole EM loop with a tiny model on a CPU, in about 3 minutes on 2 cores:
+#     python em.py config/em_cpu_smoke.py
+# It checks that every stage runs and hands its files to the next; the numbers mean little at this size.
+run_dir = "runs/cpu_smoke"
+iters = 2
+n_docs = 150
+train_config = "config/train_cpu_smoke.py"
+train_overrides = {"block_size": 512}   # room for a one-shot evaluation prompt
+mstep_epochs = 1.0
+K = 2
+max_thought_tokens = 48
+estep_batch = 64
+eval_shots = 1
+eval_limit = 40
+eval_max_new_tokens = 64
+eval_batch = 40

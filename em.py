@@ -1,0 +1,281 @@
+"""
+The whole method in one command (method.md): warm start, then EM iterations of E-step and M-step, each
+evaluated, plus the raw-data baselines.
+
+    python em.py --iters 3                       # the default run on the embedded corpus
+    python em.py config/em_cpu_smoke.py          # the whole loop with a tiny model on a CPU in ~3 minutes
+    torchrun --nproc_per_node=8 em.py --iters 3  # every stage spread over the GPUs
+
+Every stage writes into run_dir and records its result in <stage>/stage.json; a rerun skips finished stages,
+and an interrupted training or E-step continues where it stopped. --force=True starts over.
+
+    run_dir/data/                 the corpus: chunk files, bins, eval set            (data/mathworld.py)
+    run_dir/base.pt               the base initialisation every M-step restarts from
+    run_dir/m0/                   warm-start model M_0: ckpt.pt, log.jsonl, eval/     (train.py, eval_math.py)
+    run_dir/iter{t}/estep/        thoughts.jsonl, aug.bin, summary.json              (sample_thoughts.py)
+    run_dir/iter{t}/mstep/        M_t: ckpt.pt, log.jsonl, eval/
+    run_dir/raw_token_match/, raw_flop_match/     the baselines
+    run_dir/results.md, results.json, results.png
+"""
+import json
+import os
+import shutil
+import sys
+import time
+
+import torch
+
+from configurator import defaults_of, parse_args
+from data.files import open_bin, write_json
+from data.mathworld import prepare
+from sample_thoughts import sample_thoughts
+from train import make_base, train
+
+# ----------------------------------------------------------------------------- config
+run_dir = "runs/default"
+iters = 3
+force = False
+seed = 0
+# the corpus: the embedded math world (data/mathworld.py)
+data_seed = 0
+n_docs = 2000             # warm start + bootstrap documents
+warm_fraction = 0.2       # the share with teacher thoughts (method.md: warm start)
+teacher_error_rate = 0.0  # the fraction of teacher thoughts with a wrong step
+# M-step (train.py): a preset, and the budget every training gets (method.md: the same budget every iteration)
+train_config = "config/train_mathworld.py"
+train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
+mstep_epochs = 6.0        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap)
+continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
+# E-step (sample_thoughts.py)
+K = 4
+selection = "importance"  # importance | uniform | argmax
+n_prefix = 3              # prefix chunks given to the posterior (method.md: 3 when bootstrapping)
+max_thought_tokens = 96
+estep_batch = 128         # chunks per batch (each with K rows)
+# evaluation (eval_math.py)
+eval_shots = 2
+eval_limit = 0            # 0 = every problem of the evaluation set
+eval_max_new_tokens = 96
+eval_batch = 128
+baselines = True          # raw-token-match and raw-FLOP-match
+em = True                 # the warm start and the EM iterations (--em=False: only the baselines, e.g. in a second
+                          # process beside the main one, sharing run_dir)
+threads = 0               # torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy CPU)
+reuse_from = ""           # another run_dir whose corpus, M_0 and baselines this run shares (K / selection ablations)
+stop_after = ""           # stop after the stage of this name (to test resuming)
+# -----------------------------------------------------------------------------
+DEFAULTS = defaults_of(globals())
+
+
+def rank0():
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def log(msg):
+    if rank0():
+        print(f"[em {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def barrier():
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+class Stages:
+    """Runs each stage once: its result is kept in run_dir/<name>/stage.json and returned on a rerun."""
+
+    def __init__(self, cfg, planned):
+        self.cfg, self.planned, self.t0, self.times = cfg, planned, time.time(), {}
+
+    def __call__(self, name, fn):
+        d = os.path.join(self.cfg["run_dir"], name)
+        done = os.path.join(d, "stage.json")
+        if os.path.exists(done):
+            with open(done) as f:
+                return json.load(f)
+        os.makedirs(d, exist_ok=True)
+        log(f"---- {name} ({len(self.times) + 1} of {len(self.planned)} stages left to run this session)")
+        t = time.time()
+        result = fn(d)
+        result["wall_s"] = time.time() - t
+        barrier()
+        if rank0():
+            write_json(done, result)
+        self.times[name] = result["wall_s"]
+        self.planned = [p for p in self.planned if p != name]
+        log(f"{name} done in {result['wall_s'] / 60:.1f} min; elapsed {(time.time() - self.t0) / 60:.1f} min, "
+            f"ETA {self.eta() / 60:.1f} min")
+        if name == self.cfg["stop_after"]:
+            log(f"stopping after {name} as asked (stop_after); run again to resume")
+            sys.exit(0)
+        return result
+
+    def eta(self):
+        # remaining stages at the mean time of finished stages of the same kind (training, E-step, ...)
+        kind = lambda n: n.split("/")[-1] if "/" in n else ("train" if n not in ("data", "base") else n)
+        known = {}
+        for n, s in self.times.items():
+            known.setdefault(kind(n), []).append(s)
+        mean_all = sum(self.times.values()) / max(1, len(self.times))
+        return sum(sum(known[kind(n)]) / len(known[kind(n)]) if kind(n) in known else mean_all for n in self.planned)
+
+
+def n_tokens(path):
+    return len(open_bin(path))
+
+
+def main(argv):
+    cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
+    rd = cfg["run_dir"]
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if not torch.cuda.is_available():
+        log("no GPU: the default run takes about 45 minutes on a 2-core CPU (a few minutes on one GPU); "
+            "for the 3-minute tiny version: python em.py config/em_cpu_smoke.py")
+    if cfg["force"] and rank0() and os.path.exists(rd):
+        shutil.rmtree(rd)
+    barrier()
+    os.makedirs(rd, exist_ok=True)
+    if rank0():
+        write_json(os.path.join(rd, "config.json"), cfg)
+    data = os.path.join(rd, "data")
+    if cfg["reuse_from"] and rank0():
+        # share the corpus, base, M_0 and baselines of another run: the K / selection ablations start from them
+        for name in ("data", "base", "m0", "raw_token_match", "raw_flop_match"):
+            src, dst = os.path.join(os.path.abspath(cfg["reuse_from"]), name), os.path.join(rd, name)
+            if os.path.exists(src) and not os.path.lexists(dst):
+                os.symlink(src, dst)
+    barrier()
+    its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
+    stage = Stages(cfg, ["data", "base"] + (["m0"] if cfg["em"] else []) +
+                   (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) + (its if cfg["em"] else []))
+    train_kw = dict(config_file=cfg["train_config"], seed=cfg["seed"], **cfg["train_overrides"],
+                    val_bins={"raw": os.path.join(data, "val_raw.bin"), "aug": os.path.join(data, "val_aug.bin")})
+
+    # the corpus: warm-start split with teacher thoughts, bootstrap split (raw), validation, evaluation set
+    def make_data(d):
+        if rank0():
+            prepare(d, seed=cfg["data_seed"], n_docs=cfg["n_docs"], warm_fraction=cfg["warm_fraction"],
+                    teacher_error_rate=cfg["teacher_error_rate"])
+        return {name: n_tokens(os.path.join(d, name + ".bin"))
+                for name in ("warm_raw", "warm_aug", "boot_raw", "val_raw", "val_aug")}
+    size = stage("data", make_data)
+
+    # the base initialisation every M-step restarts from (method.md, M-step)
+    base = os.path.join(rd, "base", "base.pt")
+    stage("base", lambda d: make_base(base, **{k: v for k, v in train_kw.items() if k != "val_bins"}) or {})
+
+    # the budget of every training: mstep_epochs over the warm-start corpus plus the bootstrap corpus at the warm
+    # start's thought density; fixed up front so M_0, every M-step and the FLOP-matched baseline share it
+    budget = int(cfg["mstep_epochs"] * (size["warm_aug"] + size["boot_raw"] * size["warm_aug"] / size["warm_raw"]))
+
+    def fit_and_eval(d, bins, max_tokens, init, latent):
+        sizes = [n_tokens(b) for b in bins]
+        s = train(out_dir=d, train_bins=bins, train_weights=[n / sum(sizes) for n in sizes], max_tokens=int(max_tokens),
+                  init_from=init, latent=latent, **train_kw)
+        from eval_math import evaluate
+        r = evaluate(s["ckpt"], os.path.join(data, "eval.jsonl"), exemplars=os.path.join(data, "exemplars.jsonl"),
+                     n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
+                     limit=cfg["eval_limit"] or None, out_dir=os.path.join(d, "eval"))
+        return {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s"),
+                **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
+
+    rows = {}
+    # warm start (method.md): M_0 on the warm-start split with the teacher's thoughts
+    if cfg["em"]:
+        rows["M0 (warm start)"] = stage("m0", lambda d: fit_and_eval(
+            d, [os.path.join(data, "warm_aug.bin")], budget, base, True))
+    # raw baselines (method.md): the same documents without thoughts
+    raw = [os.path.join(data, "warm_raw.bin"), os.path.join(data, "boot_raw.bin")]
+    if cfg["baselines"]:
+        rows["raw-token-match"] = stage("raw_token_match", lambda d: fit_and_eval(   # same raw tokens and epochs
+            d, raw, cfg["mstep_epochs"] * (size["warm_raw"] + size["boot_raw"]), base, False))
+        rows["raw-FLOP-match"] = stage("raw_flop_match", lambda d: fit_and_eval(     # as many tokens as an M-step
+            d, raw, budget, base, False))
+
+    # EM: the E-step with M_{t-1} infers thoughts for the bootstrap split; the M-step trains M_t from the base
+    prev = os.path.join(rd, "m0", "ckpt.pt")
+    for t in range(1, cfg["iters"] + 1 if cfg["em"] else 1):
+        e = stage(f"iter{t}/estep", lambda d: sample_thoughts(
+            prev, os.path.join(data, "boot.chunks.jsonl"), d, K=cfg["K"], max_thought_tokens=cfg["max_thought_tokens"],
+            selection=cfg["selection"], n_prefix=cfg["n_prefix"], seed=cfg["seed"] * 1000 + t,
+            batch_size=cfg["estep_batch"], gold=os.path.join(data, "boot.gold.jsonl")))
+        init = prev if cfg["continue_from_previous"] else base
+        m = stage(f"iter{t}/mstep", lambda d: fit_and_eval(
+            d, [os.path.join(data, "warm_aug.bin"), os.path.join(rd, f"iter{t}", "estep", "aug.bin")], budget, init, True))
+        rows[f"EM iteration {t}"] = {**m, "estep": e, "wall_s": m["wall_s"] + e["wall_s"]}
+        prev = os.path.join(rd, f"iter{t}", "mstep", "ckpt.pt")
+        log(f"iteration {t}: accuracy {m['accuracy']:.3f}; E-step ELBO {e['elbo']:.2f}, ESS {e['ess']:.2f} of {cfg['K']}"
+            + (f", chosen thoughts with the gold result {e['agree_chosen']:.3f} (random of K: {e['agree_random']:.3f})"
+               if e.get("agree_chosen") is not None else ""))
+    if rank0():
+        rows = report(cfg)
+    return rows
+
+
+def collect(cfg):
+    """Every finished row of run_dir, read from the stages' files (another process may have made some of them)."""
+    rd, rows = cfg["run_dir"], {}
+
+    def load(name):
+        p = os.path.join(rd, name, "stage.json")
+        return json.load(open(p)) if os.path.exists(p) else None
+    for title, name in (("raw-token-match", "raw_token_match"), ("raw-FLOP-match", "raw_flop_match"),
+                        ("M0 (warm start)", "m0")):
+        if load(name):
+            rows[title] = load(name)
+    for t in range(1, cfg["iters"] + 1):
+        e, m = load(f"iter{t}/estep"), load(f"iter{t}/mstep")
+        if e and m:
+            rows[f"EM iteration {t}"] = {**m, "estep": e, "wall_s": m["wall_s"] + e["wall_s"]}
+    return rows
+
+
+def report(cfg):
+    """results.md and results.json; results.png when matplotlib is installed (an optional extra)."""
+    rd, rows = cfg["run_dir"], collect(cfg)
+    lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, {'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}",
+             "", "| run | accuracy (95% CI) | val loss raw / aug | E-step ELBO | ESS | gold result: chosen / random | "
+             "tokens trained | wall time |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        e, v = r.get("estep", {}), r.get("val") or {}
+        num = lambda x, f: "" if x is None else format(x, f)
+        agree = f"{e['agree_chosen']:.3f} / {e['agree_random']:.3f}" if e.get("agree_chosen") is not None else ""
+        lines.append(f"| {name} | {r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f}) | "
+                     f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')} | {num(e.get('elbo'), '.2f')} | "
+                     f"{num(e.get('ess'), '.2f')} | {agree} | {r['tokens'] / 1e6:.2f}M | {r['wall_s'] / 60:.1f} min |")
+    table = "\n".join(lines)
+    with open(os.path.join(rd, "results.md"), "w") as f:
+        f.write(table + "\n")
+    write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows})
+    print(table, flush=True)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return rows
+    if "M0 (warm start)" not in rows:
+        return rows
+    pts = [(0, rows["M0 (warm start)"])] + [(int(k.split()[-1]), v) for k, v in rows.items() if k.startswith("EM")]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar([i for i, _ in pts], [r["accuracy"] for _, r in pts], marker="o", capsize=3, label=f"EM, K={cfg['K']}",
+                yerr=[[r["accuracy"] - r["ci_low"] for _, r in pts], [r["ci_high"] - r["accuracy"] for _, r in pts]])
+    for name, ls in (("raw-token-match", ":"), ("raw-FLOP-match", "--")):
+        if name in rows:
+            ax.axhline(rows[name]["accuracy"], ls=ls, color="gray", label=name)
+    ax.set_xlabel("EM iteration (0 = warm start M_0)")
+    ax.set_ylabel("accuracy on held-out problems")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(rd, "results.png"), dpi=120)
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
