@@ -28,6 +28,7 @@ import torch
 from configurator import defaults_of, parse_args
 from data.files import open_bin, write_json
 from data.mathworld import prepare
+from eval_math import evaluate
 from sample_thoughts import sample_thoughts
 from train import make_base, train
 
@@ -178,7 +179,6 @@ def main(argv):
         sizes = [n_tokens(b) for b in bins]
         s = train(out_dir=d, train_bins=bins, train_weights=[n / sum(sizes) for n in sizes], max_tokens=int(max_tokens),
                   init_from=init, latent=latent, **train_kw)
-        from eval_math import evaluate
         r = evaluate(s["ckpt"], os.path.join(data, "eval.jsonl"), exemplars=os.path.join(data, "exemplars.jsonl"),
                      n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
                      limit=cfg["eval_limit"] or None, out_dir=os.path.join(d, "eval"))
@@ -241,14 +241,15 @@ def report(cfg):
     rd, rows = cfg["run_dir"], collect(cfg)
     lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, {'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}",
              "", "| run | accuracy (95% CI) | val loss raw / aug | E-step ELBO | ESS | gold result: chosen / random | "
-             "tokens trained | wall time |", "|---|---|---|---|---|---|---|---|"]
+             "tokens trained | training time | E-step time |", "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         e, v = r.get("estep", {}), r.get("val") or {}
         num = lambda x, f: "" if x is None else format(x, f)
         agree = f"{e['agree_chosen']:.3f} / {e['agree_random']:.3f}" if e.get("agree_chosen") is not None else ""
         lines.append(f"| {name} | {r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f}) | "
                      f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')} | {num(e.get('elbo'), '.2f')} | "
-                     f"{num(e.get('ess'), '.2f')} | {agree} | {r['tokens'] / 1e6:.2f}M | {r['wall_s'] / 60:.1f} min |")
+                     f"{num(e.get('ess'), '.2f')} | {agree} | {r['tokens'] / 1e6:.2f}M | {num(r.get('train_s', 0) / 60, '.1f')} min | "
+                     f"{num(e['wall_s'] / 60, '.1f') + ' min' if e else ''} |")
     table = "\n".join(lines)
     with open(os.path.join(rd, "results.md"), "w") as f:
         f.write(table + "\n")

@@ -1,0 +1,110 @@
+import filecmp
+import gzip
+import json
+import os
+
+import pytest
+
+from conftest import SHARED_DATA
+from data.files import open_bin, read_chunks, read_meta, write_jsonl
+from data.prepare import chunk_document, prepare_corpus, prepare_warm_start, split_sentences
+from data.tokenizer import get_tokenizer
+
+TEXT = ("The cat sat. It was 3.14 m tall, e.g. quite tall! Why? Because.\nA new line starts here. "
+        "Dr. Who agrees.  Two spaces. ") * 20
+
+
+def test_sentences_and_chunks_give_back_the_text():
+    sents = split_sentences(TEXT)
+    assert "".join(sents) == TEXT and len(sents) > 100
+    assert not any(s.rstrip().endswith(("3.", "e.g.", "Dr.")) for s in sents)
+    chunks = chunk_document(TEXT)
+    assert "".join(chunks) == TEXT and len(chunks) > 3
+    assert all(len(split_sentences(c)) <= 20 for c in chunks)
+    assert chunk_document(TEXT) == chunks  # seeded by the text
+    other = TEXT.replace("cat", "dog")
+    assert [len(c) for c in chunk_document(other)] != [len(c) for c in chunks]
+    long = "word " * 5000  # one endless sentence: chunked at whitespace, never cut
+    parts = chunk_document(long, max_chunk_chars=1000)
+    assert "".join(parts) == long and len(parts) >= 25 and max(map(len, parts)) <= 1000
+
+
+def corpus(tmp_path, rows, name="c.jsonl"):
+    p = tmp_path / name
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(p)
+
+
+def test_same_inputs_give_identical_files_with_any_number_of_workers(tmp_path):
+    rows = [{"text": TEXT[: 200 + 37 * i]} for i in range(40)]
+    src = corpus(tmp_path, rows)
+    for w, d in ((1, "a"), (2, "b")):
+        prepare_corpus([src], str(tmp_path / d), tokenizer="byte", workers=w, val_fraction=0.2)
+    for f in ("train_raw.bin", "val_raw.bin", "train.chunks.jsonl", "val.chunks.jsonl"):
+        assert filecmp.cmp(tmp_path / "a" / f, tmp_path / "b" / f, shallow=False), f
+    meta = read_meta(str(tmp_path / "a"))
+    assert meta["counts"]["documents"] == 40 and meta["sources"][0]["sha256"]
+    for name, info in meta["bins"].items():
+        assert info["tokens"] == len(open_bin(str(tmp_path / "a" / name)))
+
+
+def test_special_token_strings_stay_text(tmp_path):
+    src = corpus(tmp_path, [{"text": "a <|END_OF_LATENT|> b <|endoftext|> c <|PRIOR_PREFIX|>"}] * 3)
+    prepare_corpus([src], str(tmp_path / "o"), tokenizer="gpt2", workers=1, val_fraction=0.0)
+    tok = get_tokenizer("gpt2")
+    ids = list(open_bin(str(tmp_path / "o" / "train_raw.bin")))
+    assert ids.count(tok.eot) == 3 and not set(ids) & set(tok.latent_ids)
+    assert tok.decode(ids).count("<|END_OF_LATENT|>") == 3
+
+
+def test_bad_inputs(tmp_path):
+    p = tmp_path / "file.jsonl"
+    p.write_text('{"text": "a"}\n{"text": "b"}\n{"text": \n')
+    with pytest.raises(ValueError, match="file.jsonl:3: malformed JSON"):
+        prepare_corpus([str(p)], str(tmp_path / "o1"), tokenizer="byte", workers=1)
+    assert not os.path.exists(tmp_path / "o1" / "train_raw.bin")  # nothing half-written looks finished
+    assert not os.path.exists(tmp_path / "o1" / "train.chunks.jsonl")
+    p.write_text('{"text": "a"}\n{"body": "b"}\n')
+    with pytest.raises(ValueError, match="file.jsonl:2: no string field 'text'"):
+        prepare_corpus([str(p)], str(tmp_path / "o2"), tokenizer="byte", workers=1)
+    g = tmp_path / "mixed.jsonl.gz"
+    with gzip.open(g, "wb") as f:
+        f.write(b'{"text": "caf\xe9 ok"}\n{"text": ""}\n{"text": "fine"}\n')
+    meta = prepare_corpus([str(g)], str(tmp_path / "o3"), tokenizer="byte", workers=1, val_fraction=0.0)
+    assert meta["counts"] == {"documents": 2, "empty_skipped": 1, "invalid_utf8": 1, "chunks": 2}
+    text = get_tokenizer("byte").decode(open_bin(str(tmp_path / "o3" / "train_raw.bin")))
+    assert text == "caf\ufffd ok<|endoftext|>fine<|endoftext|>"
+
+
+def test_warm_start_thoughts_join_the_chunk_file(tmp_path):
+    src = corpus(tmp_path, [{"text": TEXT[:400]}, {"text": TEXT[400:900]}])
+    out = str(tmp_path / "o")
+    prepare_corpus([src], out, tokenizer="byte", workers=1, val_fraction=0.0)
+    chunks = os.path.join(out, "train.chunks.jsonl")
+    ids = [c["id"] for doc in read_chunks(chunks) for c in doc]
+    th = str(tmp_path / "t.jsonl")
+    write_jsonl(th, [{"id": i, "thought": f"Z{i}"} for i in ids])
+    prepare_warm_start(chunks, th, os.path.join(out, "warm_aug.bin"), tokenizer="byte")
+    text = get_tokenizer("byte").decode(open_bin(os.path.join(out, "warm_aug.bin")))
+    prior = "<|START_OF_LATENT|><|PRIOR_PREFIX|>Z"
+    post = "<|START_OF_LATENT|><|POSTERIOR_PREFIX|>Z"
+    assert (prior in text or post in text) and text.count("<|endoftext|>") == 2
+    write_jsonl(th, [{"id": "99:0", "thought": "x"}])
+    with pytest.raises(ValueError, match="t.jsonl:1: chunk id '99:0'"):
+        prepare_warm_start(chunks, th, os.path.join(out, "w2.bin"), tokenizer="byte")
+
+
+def test_gsm8k_train_as_a_real_corpus(tmp_path):
+    path = os.path.join(SHARED_DATA, "gsm8k", "train.jsonl")
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not found")
+    n = sum(1 for _ in open(path))
+    meta = prepare_corpus([path], str(tmp_path / "g"), tokenizer="gpt2", workers=2, val_fraction=0.01)
+    assert meta["counts"]["documents"] == n
+    assert sum(b["docs"] for b in meta["bins"].values()) == n
+    for name, info in meta["bins"].items():
+        assert info["tokens"] == len(open_bin(str(tmp_path / "g" / name), tokenizer="gpt2"))
+    first = read_chunks(str(tmp_path / "g" / "train.chunks.jsonl"))[0]
+    tok = get_tokenizer("gpt2")
+    ids = list(open_bin(str(tmp_path / "g" / "train_raw.bin")))
+    assert tok.decode(ids[:ids.index(tok.eot)]) == "".join(c["text"] for c in first)
