@@ -8,6 +8,7 @@ already exist in the defaults and keep its type: a typo or a wrong type is an er
 Scripts called as functions pass a dict of overrides through the same checks.
 """
 import ast
+import sys
 import types
 
 
@@ -50,6 +51,11 @@ def parse_args(argv, defaults):
     """argv: [config_file.py ...] [--key=value ...] -> overrides dict, checked against defaults."""
     cfg = dict(defaults)
     for arg in argv:
+        if arg in ("-h", "--help"):
+            print(f"usage: python {sys.argv[0]} [config/preset.py ...] [--key=value ...]; the keys and their defaults:")
+            for k, v in defaults.items():
+                print(f"  --{k}={v!r}")
+            sys.exit(0)
         if not arg.startswith("--"):
             cfg = apply(cfg, read_config_file(arg, defaults), arg)
             continue

@@ -26,8 +26,9 @@ import time
 import torch
 
 from configurator import defaults_of, parse_args
-from data.files import open_bin, write_json
+from data.files import build_augmented_bin, open_bin, read_meta, write_json
 from data.mathworld import prepare
+from data.tokenizer import get_tokenizer
 from eval_math import evaluate
 from sample_thoughts import sample_thoughts
 from train import make_base, train
@@ -59,6 +60,7 @@ eval_limit = 0            # 0 = every problem of the evaluation set
 eval_max_new_tokens = 96
 eval_batch = 128
 baselines = True          # raw-token-match and raw-FLOP-match
+oracle = False            # also train on the bootstrap split with its GOLD thoughts: what a perfect E-step would give
 em = True                 # the warm start and the EM iterations (--em=False: only the baselines, e.g. in a second
                           # process beside the main one, sharing run_dir)
 threads = 0               # torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy CPU)
@@ -87,6 +89,7 @@ class Stages:
 
     def __init__(self, cfg, planned):
         self.cfg, self.planned, self.t0, self.times = cfg, planned, time.time(), {}
+        self.todo = sum(not os.path.exists(os.path.join(cfg["run_dir"], n, "stage.json")) for n in planned)
 
     def __call__(self, name, fn):
         d = os.path.join(self.cfg["run_dir"], name)
@@ -95,7 +98,7 @@ class Stages:
             with open(done) as f:
                 return json.load(f)
         os.makedirs(d, exist_ok=True)
-        log(f"---- {name} ({len(self.times) + 1} of {len(self.planned)} stages left to run this session)")
+        log(f"---- {name} (stage {len(self.times) + 1} of the {self.todo} this session runs)")
         t = time.time()
         result = fn(d)
         result["wall_s"] = time.time() - t
@@ -136,7 +139,8 @@ def main(argv):
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     if not torch.cuda.is_available():
-        log("no GPU: the default run takes about 45 minutes on a 2-core CPU (a few minutes on one GPU); "
+        log("no GPU: the default run takes about 2 hours on a 2-core CPU (each training about 15 minutes, each E-step "
+            "about 17); "
             "for the 3-minute tiny version: python em.py config/em_cpu_smoke.py")
     if cfg["force"] and rank0() and os.path.exists(rd):
         shutil.rmtree(rd)
@@ -154,7 +158,8 @@ def main(argv):
     barrier()
     its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
     stage = Stages(cfg, ["data", "base"] + (["m0"] if cfg["em"] else []) +
-                   (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) + (its if cfg["em"] else []))
+                   (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
+                   (["oracle"] if cfg["oracle"] else []) + (its if cfg["em"] else []))
     train_kw = dict(config_file=cfg["train_config"], seed=cfg["seed"], **cfg["train_overrides"],
                     val_bins={"raw": os.path.join(data, "val_raw.bin"), "aug": os.path.join(data, "val_aug.bin")})
 
@@ -198,6 +203,16 @@ def main(argv):
         rows["raw-FLOP-match"] = stage("raw_flop_match", lambda d: fit_and_eval(     # as many tokens as an M-step
             d, raw, budget, base, False))
 
+    # an upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the E-step
+    # recovered every one; the gap between this row and the EM rows is what a better posterior could still gain
+    if cfg["oracle"]:
+        def with_gold(d):
+            gold_bin = os.path.join(d, "boot_gold_aug.bin")
+            build_augmented_bin(get_tokenizer(read_meta(data)["tokenizer"]), os.path.join(data, "boot.chunks.jsonl"),
+                                os.path.join(data, "boot.gold.jsonl"), gold_bin, cfg["seed"])
+            return fit_and_eval(d, [os.path.join(data, "warm_aug.bin"), gold_bin], budget, base, True)
+        rows["gold thoughts (oracle)"] = stage("oracle", with_gold)
+
     # EM: the E-step with M_{t-1} infers thoughts for the bootstrap split; the M-step trains M_t from the base
     prev = os.path.join(rd, "m0", "ckpt.pt")
     for t in range(1, cfg["iters"] + 1 if cfg["em"] else 1):
@@ -226,7 +241,7 @@ def collect(cfg):
         p = os.path.join(rd, name, "stage.json")
         return json.load(open(p)) if os.path.exists(p) else None
     for title, name in (("raw-token-match", "raw_token_match"), ("raw-FLOP-match", "raw_flop_match"),
-                        ("M0 (warm start)", "m0")):
+                        ("gold thoughts (oracle)", "oracle"), ("M0 (warm start)", "m0")):
         if load(name):
             rows[title] = load(name)
     for t in range(1, cfg["iters"] + 1):

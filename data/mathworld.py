@@ -26,6 +26,7 @@ teacher_error_rate makes the teacher imperfect: that fraction of derivations get
 
     python -m data.mathworld --show 2         # print two documents, raw and thought-augmented
 """
+import json
 import math
 import os
 import sys
@@ -197,7 +198,7 @@ def math_row(p):
             "answer": p["answer"], "family": p["family"], "level": p["level"]}
 
 
-def prepare(out_dir, seed=0, n_docs=4000, n_val_docs=200, warm_fraction=0.2, tokenizer="byte", **knobs):
+def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tokenizer="byte", **knobs):
     """
     Write the embedded corpus's splits into out_dir (skipped when already complete with the same settings):
       warm.*   warm-start documents with the teacher's thoughts: chunks, thoughts, raw and augmented bins
@@ -248,7 +249,7 @@ def main(argv):
     ap.add_argument("--show", type=int, default=0, help="print N documents, raw and with thoughts")
     ap.add_argument("--out_dir", default="", help="prepare the corpus into this directory")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n_docs", type=int, default=4000)
+    ap.add_argument("--n_docs", type=int, default=2000)  # as em.py
     ap.add_argument("--teacher_error_rate", type=float, default=0.0)
     args = ap.parse_args(argv)
     if args.show:
@@ -259,7 +260,13 @@ def main(argv):
             ids = augmented_document(tok, [c["text"] for c in doc], [c["thought"] for c in doc], (args.seed, i))
             print(f"===== document {i}, thought-augmented =====\n" + show(tok, ids) + "\n")
     if args.out_dir:
-        print(prepare(args.out_dir, args.seed, args.n_docs, teacher_error_rate=args.teacher_error_rate))
+        import time
+        t0 = time.time()
+        meta = prepare(args.out_dir, args.seed, args.n_docs, teacher_error_rate=args.teacher_error_rate)
+        secs, mb = time.time() - t0, sum(os.path.getsize(os.path.join(args.out_dir, f"{s}.chunks.jsonl"))
+                                         for s in ("warm", "boot", "val")) / 1e6
+        print(json.dumps(meta, indent=1))
+        print(f"{args.n_docs} documents ({mb:.2f} MB of chunk files) prepared in {secs:.1f}s: {mb / secs:.2f} MB/s")
 
 
 if __name__ == "__main__":
