@@ -10,12 +10,12 @@ Every stage writes into run_dir and records its result in <stage>/stage.json; a 
 and an interrupted training or E-step continues where it stopped. --force=True starts over.
 
     run_dir/data/                 the corpus: chunk files, bins, eval set            (data/mathworld.py)
-    run_dir/base.pt               the base initialisation every M-step restarts from
+    run_dir/base/base.pt          the base initialisation every M-step restarts from
     run_dir/m0/                   warm-start model M_0: ckpt.pt, log.jsonl, eval/     (train.py, eval_math.py)
     run_dir/iter{t}/estep/        thoughts.jsonl, aug.bin, summary.json              (sample_thoughts.py)
     run_dir/iter{t}/mstep/        M_t: ckpt.pt, log.jsonl, eval/
-    run_dir/raw_token_match/, raw_flop_match/     the baselines
-    run_dir/results.md, results.json, results.png
+    run_dir/raw_token_match/, raw_flop_match/     the baselines; oracle/: gold thoughts (--oracle=True)
+    run_dir/results.md, results.json, results.png, invocations.jsonl (each command run on this directory)
 """
 import json
 import os
@@ -147,7 +147,8 @@ def main(argv):
     barrier()
     os.makedirs(rd, exist_ok=True)
     if rank0():
-        write_json(os.path.join(rd, "config.json"), cfg)
+        with open(os.path.join(rd, "invocations.jsonl"), "a") as f:  # several processes may share a run_dir
+            f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": argv, "config": cfg}) + "\n")
     data = os.path.join(rd, "data")
     if cfg["reuse_from"] and rank0():
         # share the corpus, base, M_0 and baselines of another run: the K / selection ablations start from them
