@@ -84,6 +84,19 @@ def barrier():
         torch.distributed.barrier()
 
 
+def stage_config(cfg, name):
+    """The settings a stage's result depends on. A rerun that asks for other ones is stopped, not served the old
+    result (--K=1 on a finished K=4 run_dir would otherwise print the K=4 table)."""
+    keys = ["data_seed", "n_docs", "warm_fraction", "teacher_error_rate"]
+    if name != "data":
+        keys += ["seed", "train_config", "train_overrides"]
+    if name not in ("data", "base"):
+        keys += ["mstep_epochs", "eval_shots", "eval_limit", "eval_max_new_tokens"]
+    if name.startswith("iter"):
+        keys += ["K", "selection", "n_prefix", "max_thought_tokens", "estep_batch", "continue_from_previous"]
+    return {k: cfg[k] for k in keys}
+
+
 class Stages:
     """Runs each stage once: its result is kept in run_dir/<name>/stage.json and returned on a rerun."""
 
@@ -94,14 +107,23 @@ class Stages:
     def __call__(self, name, fn):
         d = os.path.join(self.cfg["run_dir"], name)
         done = os.path.join(d, "stage.json")
+        want = json.loads(json.dumps(stage_config(self.cfg, name)))  # as it reads back from stage.json
         if os.path.exists(done):
             with open(done) as f:
-                return json.load(f)
+                result = json.load(f)
+            had = result.get("stage_config", want)
+            diff = sorted(k for k in set(had) | set(want) if had.get(k) != want.get(k))
+            if diff:
+                raise ValueError(f"{done}: this stage finished with " + ", ".join(f"{k}={had.get(k)!r}" for k in diff)
+                                 + "; now asked for " + ", ".join(f"{k}={want.get(k)!r}" for k in diff)
+                                 + ". Use another --run_dir (--reuse_from shares the corpus, M_0 and baselines), "
+                                   "or --force=True to start over")
+            return result
         os.makedirs(d, exist_ok=True)
         log(f"---- {name} (stage {len(self.times) + 1} of the {self.todo} this session runs)")
         t = time.time()
         result = fn(d)
-        result["wall_s"] = time.time() - t
+        result["wall_s"], result["stage_config"] = time.time() - t, want
         barrier()
         if rank0():
             write_json(done, result)

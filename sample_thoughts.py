@@ -265,6 +265,9 @@ def sample_thoughts(ckpt, chunks, out_dir, K=4, max_thought_tokens=160, selectio
         with amp:
             rows = run_shard(model, tok, part, s, K, max_thought_tokens, selection, seed, batch_size, meter, cuda, bar)
         write_jsonl(shard_path(s), rows)  # atomic: a shard on disk is a finished shard
+        if rank == 0 and bar.disable:  # no terminal (a log file): one line per shard instead of the bar
+            print(f"E-step: shard {n_done + 1}/{len(todo)} of this run written, {meter['chunks']} chunks in "
+                  f"{time.time() - t0:.0f}s ({meter['chunks'] / (time.time() - t0):.1f} chunks/s)", flush=True)
         for row, (c, P) in list(zip(rows, part))[:show if rank == 0 else 0]:
             print_chunk(row, P, c["text"])
         show = max(0, show - len(rows))

@@ -62,3 +62,13 @@ def test_interrupted_run_resumes_to_the_same_table(full_run, tmp_path):
     out = em(d)
     assert "---- m0" not in out and "---- iter1/mstep" in out  # finished stages are not run again
     assert table(d) == table(d_full)
+
+
+def test_a_finished_stage_is_not_served_for_other_settings(full_run):
+    d, _ = full_run
+    before = open(os.path.join(d, "results.md")).read()
+    cmd = [sys.executable, "em.py", "config/em_cpu_smoke.py", f"--run_dir={d}", "--threads=1", "--K=3"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert "iter1/estep/stage.json" in r.stderr and "K=2" in r.stderr and "K=3" in r.stderr, r.stderr[-2000:]
+    assert open(os.path.join(d, "results.md")).read() == before  # nothing was rewritten
