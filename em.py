@@ -3,7 +3,7 @@ The whole method in one command (method.md): warm start, then EM iterations of E
 evaluated, plus the raw-data baselines.
 
     python em.py --iters 3                       # the default run on the embedded corpus
-    python em.py config/em_cpu_smoke.py          # the whole loop with a tiny model on a CPU in ~3 minutes
+    python em.py config/em_cpu_smoke.py          # the whole loop with a tiny model on a CPU in about a minute
     torchrun --nproc_per_node=8 em.py --iters 3  # every stage spread over the GPUs
 
 Every stage writes into run_dir and records its result in <stage>/stage.json; a rerun skips finished stages,
@@ -46,7 +46,8 @@ teacher_error_rate = 0.0  # the fraction of teacher thoughts with a wrong step
 # M-step (train.py): a preset, and the budget every training gets (method.md: the same budget every iteration)
 train_config = "config/train_mathworld.py"
 train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
-mstep_epochs = 6.0        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap)
+mstep_epochs = 18.0       # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap); at 6 the
+                          # default model is too undertrained to use thoughts at all (README, Results)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 # E-step (sample_thoughts.py)
 K = 4
@@ -161,9 +162,9 @@ def main(argv):
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     if not torch.cuda.is_available():
-        log("no GPU: the default run takes about 2 hours on a 2-core CPU (each training about 15 minutes, each E-step "
-            "about 17); "
-            "for the 3-minute tiny version: python em.py config/em_cpu_smoke.py")
+        log("no GPU: the default run takes about 4 hours on a 2-core CPU (each training about 30 minutes, each "
+            "E-step about 20 minutes); "
+            "for the 1-minute tiny version: python em.py config/em_cpu_smoke.py")
     if cfg["force"] and rank0() and os.path.exists(rd):
         shutil.rmtree(rd)
     barrier()

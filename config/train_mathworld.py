@@ -1,5 +1,5 @@
-# The default model for the embedded math corpus (em.py's M-steps): a byte-level GPT of 0.8M parameters, sized
-# so the whole EM run fits on a 2-core CPU (README, "Results"); on a GPU it takes minutes.
+# The default model for the embedded math corpus (em.py's M-steps): a byte-level GPT of 0.8M parameters, small
+# enough that the whole EM run (em.py) fits in an afternoon on a 2-core CPU (README, "Results").
 #     python train.py config/train_mathworld.py --train_bins="['runs/default/data/warm_aug.bin']" --max_tokens=2000000
 tokenizer = "byte"
 n_layer = 4
