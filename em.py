@@ -6,8 +6,9 @@ evaluated, plus the raw-data baselines.
     python em.py config/em_cpu_smoke.py          # the whole loop with a tiny model on a CPU in about a minute
     torchrun --nproc_per_node=8 em.py --iters 3  # every stage spread over the GPUs
 
-Every stage writes into run_dir and records its result in <stage>/stage.json; a rerun skips finished stages,
-and an interrupted training or E-step continues where it stopped. --force=True starts over.
+Every stage writes into run_dir and records its result in <stage>/stage.json; a rerun skips finished stages
+(one asking for other settings stops with an error instead), and an interrupted training or E-step continues
+where it stopped. --force=True starts over.
 
     run_dir/data/                 the corpus: chunk files, bins, eval set            (data/mathworld.py)
     run_dir/base/base.pt          the base initialisation every M-step restarts from
