@@ -17,6 +17,7 @@ import select
 import subprocess
 import sys
 import threading
+from collections import Counter
 from fractions import Fraction
 
 # ============================================================================= answer extraction
@@ -46,8 +47,23 @@ def _last_boxed(text):
     return m.group(1) if m else None
 
 
-_MARKER = re.compile(r"Final Answer:[ \t]*(.*)|[Tt]he (?:final )?answer is:?[ \t]*(.*)|####[ \t]*(.*)")
+# a lookahead, so that markers may overlap: in "Final Answer: The final answer is $X$. I hope it is correct." (what
+# MATH-tuned models write) the answer starts after the inner marker, not after the outer one
+_MARKER = re.compile(r"(?=(Final Answer:|[Tt]he (?:final )?answer is:?|####))")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_MATH_SPAN = re.compile(r"\$\$?((?:\\.|[^$\\])+)\$\$?")  # "$...$"; an escaped \$ inside does not close it
+
+
+def _stated(line, gsm8k):
+    """The answer in the rest of a marker's line: its leading $...$, else the line less a closing sentence."""
+    a = line.strip()
+    m = _MATH_SPAN.match(a)
+    if m:
+        a = m.group(1)
+    else:
+        a = re.sub(r"\s*I hope it is correct\.?\s*$", "", a)
+    a = a.strip().rstrip(".").strip()
+    return a.replace(",", "") if gsm8k else a  # GSM8K: "#### 1,000"
 
 
 def extract_answer(text):
@@ -59,11 +75,7 @@ def extract_answer(text):
         return boxed.strip()
     # the last stated marker wins: a model may write "The answer is 5." and then "#### 5"
     for m in reversed(list(_MARKER.finditer(text))):
-        a = next(g for g in m.groups() if g is not None).strip().rstrip(".").strip()
-        if len(a) > 1 and a[0] == a[-1] == "$":
-            a = a[1:-1].strip()
-        if m.group(3) is not None:
-            a = a.replace(",", "")  # GSM8K: "#### 1,000"
+        a = _stated(text[m.end(1):].split("\n", 1)[0], m.group(1) == "####")
         if a:
             return a
     nums = _NUMBER.findall(text)
@@ -76,18 +88,28 @@ _UNIT = (r"(?:square |sq\.? |cubic )?(?:units?|cm|centimeters?|mm|m|meters?|km|k
          r"dollars?|cents?|pounds?|lbs?|ounces?|oz|grams?|g|kg|liters?|gallons?|cups?|students?|people|points?|"
          r"ways?|marbles?|coins?|eggs?|apples?|books?|outfits?|handshakes?|games?|times?|percent)")
 _TEXT = r"\\(?:text|textbf|textit|textnormal|mbox|mathrm|mathbf|operatorname)\s*"
+_WORDS = r"\\(?:text|textbf|textit|textnormal|mbox)\s*\{[^{}]*[a-zA-Z]{2}"  # \text{even}: prose, not symbols
 
 
 def normalize(s):
     """A canonical string for an answer: presentation (units, spacing, \\dfrac, $...$) removed."""
+    return _normalize(s)[0]
+
+
+def _normalize(s):
+    """(normalize(s), whether s is words: \\text{...} with a word left after units are dropped)."""
     s = str(s).strip().replace("\n", " ")
     s = re.sub(r"\\(?:left|right|displaystyle)(?![a-zA-Z])", "", s)
+    s = re.sub(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", ",", s)  # 11,\! 111: a thousands separator, space or not
     s = re.sub(r"\\!|\\quad|\\qquad", "", s)
     s = re.sub(r"(?<!\\)\\[,;: ]|~", " ", s)  # not the row break \\\\ of a matrix
-    s = re.sub(r"\\[dt]frac", r"\\frac", s).replace("{,}", ",")
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s).replace("{,}", ",")
+    s = re.sub(r"\\[dt]binom", r"\\binom", s)
+    s = re.sub(r"\\log_\s*([0-9a-zA-Z])", r"\\log_{\1}", s)  # \log_2 8: the base is one character
     s = re.sub(r"\^\s*\{?\\circ\}?|\\circ|°|\\degree", "", s)
     s = re.sub(r"\\?[%$]", "", s)
     s = re.sub(rf"(?<=\S)\s*{_TEXT}\{{\s*{_UNIT}\s*\}}(\^\{{?[23]\}}?)?\s*$", "", s)  # 5\text{ cm}^2
+    words = bool(re.search(_WORDS, s))
     while re.search(_TEXT + r"\{([^{}]*)\}", s):
         s = re.sub(_TEXT + r"\{([^{}]*)\}", r"\1", s)
     s = re.sub(rf"(?<=[\d}}).)])\s+{_UNIT}(\^\{{?[23]\}}?)?\s*$", "", s)   # 5 cm
@@ -104,9 +126,10 @@ def normalize(s):
     s = re.sub(r"\\frac\s*(\w)\s*\{", r"\\frac{\1}{", s)
     s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\w)", r"\\frac\1{\2}", s)
     s = re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)  # \sqrt2 -> \sqrt{2}
-    s = s.replace(" ", "")
+    # spaces go, except one that ends a command before a letter: x\cdot x is not the unknown command \cdotx
+    s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\0", s).replace(" ", "").replace("\0", " ")
     s = re.sub(r"^\(([A-E])\)$", r"\1", s)  # multiple choice: (C) -> C
-    return s
+    return s, words
 
 # ============================================================================= structure: tuples, intervals, sets, matrices
 
@@ -152,7 +175,21 @@ def _matrix(s):
     return [r.split("&") for r in m.group(1).split("\\\\") if r] if m else None
 
 
+_CHEAP_PAIRS = 64  # beyond this many unmatched elements the in-process check hands the pairing to the worker
+
+
 def _same_multiset(xs, ys, leaf):
+    """xs and ys pair off one to one under _equiv. Equal strings pair at once and plain numbers by sorting, so only
+    what is left needs the quadratic search; in-process that search is capped, in the worker the timeout bounds it."""
+    if len(xs) != len(ys):
+        return False
+    cx, cy = Counter(xs), Counter(ys)
+    xs, ys = list((cx - cy).elements()), list((cy - cx).elements())
+    nx, ny = [_number(x) for x in xs], [_number(y) for y in ys]
+    if None not in nx and None not in ny:
+        return all(_close(x, y) for x, y in zip(sorted(nx), sorted(ny)))
+    if leaf is _cheap_leaf and len(xs) > _CHEAP_PAIRS:
+        raise _Undecided
     left = list(ys)
     for x in xs:
         j = next((j for j, y in enumerate(left) if _equiv(x, y, leaf)), None)
@@ -221,6 +258,28 @@ _GREEK = set("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta 
              "tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega".split())
 
 
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-zA-Z]|\\[a-zA-Z]+")
+
+
+def _operand(s, i):
+    """The argument written at s[i] (spaces skipped): {...}, (...), a number, a letter or a command."""
+    while i < len(s) and s[i] == " ":
+        i += 1
+    if s.startswith("{", i):
+        return _braced(s, i)
+    if s.startswith("(", i):
+        depth = 0
+        for j in range(i, len(s)):
+            depth += (s[j] == "(") - (s[j] == ")")
+            if depth == 0:
+                return s[i + 1:j], j + 1
+        raise ValueError(f"unbalanced parentheses in {s!r}")
+    m = _TOKEN.match(s, i)
+    if not m:
+        raise ValueError(f"no operand at {s[i:i + 12]!r}")
+    return m.group(0), m.end()
+
+
 def _latex_to_python(s):
     """Our small LaTeX -> sympy-syntax converter (\\frac, \\sqrt[n], ^, \\cdot, \\pi, ...); anything else
     (\\le, \\cup, \\text ...) is a ValueError, never a silently different expression."""
@@ -237,6 +296,14 @@ def _latex_to_python(s):
                 n, i = s[i + 1:j], j + 1
             a, i = _braced(s, i)
             out.append(f"(({_latex_to_python(a)})**(1/({_latex_to_python(n)})))")
+        elif s.startswith("\\log_", i):  # \log_{b} x = log(x) / log(b)
+            b, i = _operand(s, i + 5)
+            a, i = _operand(s, i)
+            out.append(f"(log({_latex_to_python(a)})/log({_latex_to_python(b)}))")
+        elif s.startswith("\\binom", i):
+            a, i = _operand(s, i + 6)
+            b, i = _operand(s, i)
+            out.append(f"binomial({_latex_to_python(a)}, {_latex_to_python(b)})")
         elif s[i] == "^" and s.startswith("{", i + 1):
             a, i = _braced(s, i + 1)
             out.append(f"**({_latex_to_python(a)})")
@@ -271,9 +338,13 @@ def _sympy_leaf(a, b, failed):
                 return False
             # the same equation up to a nonzero constant factor: (l1 - r1) / (l2 - r2) is a nonzero number
             ea, eb = (_to_sympy(l) - _to_sympy(r) for l, r in (a.split("="), b.split("=")))
+            if ea.has(sympy.zoo, sympy.nan) or eb.has(sympy.zoo, sympy.nan):
+                return False
             ratio = sympy.simplify(ea / eb)
             return bool(ratio.is_number and ratio != 0 and ratio.is_finite)
         x, y = _to_sympy(a), _to_sympy(b)
+        if x.has(sympy.zoo, sympy.nan) or y.has(sympy.zoo, sympy.nan):
+            return False  # a division by zero: 1/0 and 2/0 are both zoo to sympy, but neither is an answer
         if x == y:
             return True
         if x.is_number and y.is_number and x.is_finite and y.is_finite:
@@ -309,7 +380,30 @@ def _serve():
         out.flush()
 
 
-_worker, _worker_lock = None, threading.Lock()
+_worker, _worker_ready, _worker_lock = None, False, threading.Lock()
+
+
+def _start_worker():
+    """Start a worker without waiting for it: after a timeout it imports sympy while the caller goes on."""
+    global _worker, _worker_ready
+    # grader.py imports neither torch nor the model: a (re)started worker is ready in the time sympy takes
+    code = f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); " \
+           "import grader; grader._serve()"
+    _worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, bufsize=1)
+    _worker_ready = False
+
+
+def _ready_worker():
+    global _worker_ready
+    if _worker is None or _worker.poll() is not None:
+        _stop_worker()
+        _start_worker()
+    if not _worker_ready:
+        if _readline(_worker, 300) != "ready\n":
+            _stop_worker()
+            raise RuntimeError("the sympy grader process did not start")
+        _worker_ready = True
 
 
 def _stop_worker():
@@ -333,26 +427,17 @@ def _readline(p, timeout):
 
 def _ask_worker(a, b, timeout):
     """One sympy comparison in the worker process. Killing the process is the only hard limit that works from any
-    thread (signal.alarm only works in the main thread); the next call starts a fresh worker. A plain subprocess,
+    thread (signal.alarm only works in the main thread); a fresh worker is started at once. A plain subprocess,
     not multiprocessing: it never re-imports the caller's __main__, so any script can grade."""
-    global _worker
     with _worker_lock:
-        if _worker is None or _worker.poll() is not None:
-            _stop_worker()
-            # grader.py imports neither torch nor the model: a (re)started worker is ready in the time sympy takes
-            code = f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); " \
-                   "import grader; grader._serve()"
-            _worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True, bufsize=1)
-            if _readline(_worker, 300) != "ready\n":
-                _stop_worker()
-                raise RuntimeError("the sympy grader process did not start")
+        _ready_worker()
         _worker.stdin.write(json.dumps([a, b]) + "\n")
         _worker.stdin.flush()
         line = _readline(_worker, timeout)
         if line:
             return tuple(json.loads(line))
         _stop_worker()
+        _start_worker()  # its start-up overlaps whatever the caller does before the next comparison
         return False, "timeout"
 
 
@@ -362,9 +447,11 @@ def grade(pred, gold, timeout=5.0):
         return False, "no answer"
     if str(pred).strip() == str(gold).strip():
         return True, "exact"
-    a, b = normalize(pred), normalize(gold)
+    (a, words_a), (b, words_b) = _normalize(pred), _normalize(gold)
     if a == b or (a.isalpha() and a.lower() == b.lower()):
         return True, "normalised"
+    if words_a or words_b:  # words compare as words: to sympy "even" and "neve" are the same product of letters
+        return a.lower() == b.lower(), "normalised" if a.lower() == b.lower() else "wrong"
     try:
         return (True, "numeric") if _equiv(a, b, _cheap_leaf) else (False, "wrong")
     except _Undecided:
