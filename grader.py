@@ -86,9 +86,13 @@ def extract_answer(text):
 _UNIT = (r"(?:square |sq\.? |cubic )?(?:units?|cm|centimeters?|mm|m|meters?|km|kilometers?|inch(?:es)?|in|feet|foot|"
          r"ft|yards?|yd|miles?|mph|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|degrees?|"
          r"dollars?|cents?|pounds?|lbs?|ounces?|oz|grams?|g|kg|liters?|gallons?|cups?|students?|people|points?|"
-         r"ways?|marbles?|coins?|eggs?|apples?|books?|outfits?|handshakes?|games?|times?|percent)")
+         r"ways?|marbles?|coins?|eggs?|apples?|books?|outfits?|handshakes?|games?|times?|percent(?:age)?|pct)")
 _TEXT = r"\\(?:text|textbf|textit|textnormal|mbox|mathrm|mathbf|operatorname)\s*"
 _WORDS = r"\\(?:text|textbf|textit|textnormal|mbox)\s*\{[^{}]*[a-zA-Z]{2}"  # \text{even}: prose, not symbols
+
+
+_RELATIONS = {"lt": "<", "gt": ">", "ge": "\\ge ", "geq": "\\ge ", ">=": "\\ge ", "le": "\\le ", "leq": "\\le ",
+              "<=": "\\le ", "ne": "\\ne ", "neq": "\\ne ", "!=": "\\ne "}  # one spelling of each relation
 
 
 def normalize(s):
@@ -105,6 +109,7 @@ def _normalize(s):
     s = re.sub(r"(?<!\\)\\[,;: ]|~", " ", s)  # not the row break \\\\ of a matrix
     s = re.sub(r"\\[dtc]frac", r"\\frac", s).replace("{,}", ",")
     s = re.sub(r"\\[dt]binom", r"\\binom", s)
+    s = re.sub(r"\\(?:lt|gt|ge|le|ne)(?:q)?(?![a-zA-Z])|[<>!]=", lambda m: _RELATIONS[m.group(0).strip("\\")], s)
     s = re.sub(r"\\log_\s*([0-9a-zA-Z])", r"\\log_{\1}", s)  # \log_2 8: the base is one character
     s = re.sub(r"\^\s*\{?\\circ\}?|\\circ|°|\\degree", "", s)
     s = re.sub(r"\\?[%$]", "", s)
@@ -171,8 +176,11 @@ def _tuple(s):
 
 
 def _matrix(s):
-    m = re.fullmatch(r"\\begin\{[pbvBV]?matrix\}(.*)\\end\{[pbvBV]?matrix\}", s)
-    return [r.split("&") for r in m.group(1).split("\\\\") if r] if m else None
+    """The rows of a matrix, also written as \\left[\\begin{array}{cc}...\\end{array}\\right] or wrapped in (...)."""
+    m = re.fullmatch(r"([(\[]?)\\begin\{([pbvBV]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end\{\2\}([)\]]?)", s)
+    if not m or bool(m.group(1)) != bool(m.group(4)):
+        return None
+    return [r.split("&") for r in m.group(3).split("\\\\") if r]  # a trailing row break adds no row
 
 
 _CHEAP_PAIRS = 64  # beyond this many unmatched elements the in-process check hands the pairing to the worker

@@ -86,11 +86,41 @@ def test_final_answer_sentences_give_the_answer(text, answer):
     ("\\cfrac{3}{4}", "0.75"), ("\\cfrac{1}{1+\\cfrac{1}{2}}", "\\frac{2}{3}"),
     ("11,\\! 111,\\! 100", "11111100"), ("10,\\!000", "10000"),
     ("\\log_2 8", "3"), ("\\log_{2}{8}", "3"), ("\\log_3 (9)", "2"), ("\\binom{5}{2}", "10"), ("\\dbinom{6}{3}", "20"),
+    ("x\\cdot x", "x^2"), ("2\\pi r", "2r\\pi"), ("x \\geq 5", "x >= 5"), ("x\\lt 3", "x < 3"), ("28 pct", "28\\%"),
+    ("(\\begin{pmatrix}1&2\\\\3&4\\\\\\end{pmatrix})", "\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
+    ("\\left[\\begin{array}{cc}1 & 2 \\\\ 3 & 4\\end{array}\\right]", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
 ])
 def test_more_answer_forms_are_understood(pred, gold):
     assert is_equiv(pred, gold), grade(pred, gold)
 
 
-@pytest.mark.parametrize("pred,gold", [("\\log_2 8", "4"), ("\\binom{5}{2}", "\\binom{5}{3}+1"), ("\\cfrac{3}{4}", "0.7")])
+@pytest.mark.parametrize("pred,gold", [("\\log_2 8", "4"), ("\\binom{5}{2}", "\\binom{5}{3}+1"), ("\\cfrac{3}{4}", "0.7"),
+                                       ("x \\geq 5", "x \\leq 5"), ("(\\begin{pmatrix}1\\\\2\\end{pmatrix})", "\\begin{pmatrix}1\\\\3\\end{pmatrix}")])
 def test_those_forms_are_not_accepted_blindly(pred, gold):
     assert not is_equiv(pred, gold), grade(pred, gold)
+
+
+def _agreement_bench():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_grader_agreement",
+                                                  os.path.join(ROOT, "bench", "bench_grader_agreement.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# agreement with the verdicts of other graders' test cases (tests/data/grader_cases), as measured when the list of
+# kept disagreements was written; a change that breaks an agreed case, or fixes a kept one, shows up here
+AGREED = {"hendrycks_math": 13, "qwen25_math": 17, "math_verify": 177}
+
+
+@pytest.mark.parametrize("suite", sorted(AGREED))
+def test_other_graders_cases_agree_or_are_kept_disagreements(suite):
+    bench = _agreement_bench()
+    kept = bench.kept()
+    bad, n = bench.agreement(suite)
+    unexplained = [(c["id"], c["gold"], c["pred"], ok, reason) for c, ok, reason in bad if c["id"] not in kept]
+    assert not unexplained
+    fixed = {i for i in kept if i.startswith(bench.load(suite)[0]["id"][:3])} - {c["id"] for c, _, _ in bad}
+    assert not fixed, f"now agreed: drop these from kept_disagreements.jsonl: {sorted(fixed)}"
+    assert n - len(bad) >= AGREED[suite]
