@@ -1,5 +1,5 @@
 """
-Benchmark of the answer grader (eval_math.grade), not a test: answers graded per second on four workloads.
+Benchmark of the answer grader (grader.grade), not a test: answers graded per second on four workloads.
 
     python bench/bench_grader.py                           # uses ../shared/data (MATH500, GSM8K test)
     python bench/bench_grader.py --math=PATH --gsm8k=PATH
@@ -8,7 +8,7 @@ Benchmark of the answer grader (eval_math.grade), not a test: answers graded per
   math500    extract_answer(solution) against the answer field, extraction included (mostly exact)
   rewrites   each MATH500 answer against a rewriting that needs sympy (\\frac -> /, 2\\sqrt{3} -> \\sqrt{12}, ...)
   mismatched answer i against answer i+1: mostly wrong, and rejecting needs the full path
-The sympy comparisons run in one worker process (eval_math._ask_worker); its start-up is timed separately.
+The sympy comparisons run in one worker process (grader._ask_worker); its start-up is timed separately.
 """
 import argparse
 import os
@@ -19,7 +19,7 @@ from collections import Counter
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.files import read_jsonl  # noqa: E402
-import eval_math  # noqa: E402
+import grader  # noqa: E402  (no torch: the grader alone)
 
 here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 p = argparse.ArgumentParser()
@@ -51,13 +51,13 @@ workloads = {
 }
 
 t0 = time.time()
-eval_math.grade("x^2", "x*x", args.timeout)  # starts the sympy worker
+grader.grade("x^2", "x*x", args.timeout)  # starts the sympy worker
 print(f"sympy worker start-up: {time.time() - t0:.2f} s (once per process)")
 print(f"{'workload':12s} {'pairs':>6s} {'answers/s':>10s} {'accepted':>9s}  reasons")
 for name, pairs in workloads.items():
     t0 = time.time()
     extract = name == "math500"
-    res = [eval_math.grade(eval_math.extract_answer(a) if extract else a, b, args.timeout) for a, b in pairs]
+    res = [grader.grade(grader.extract_answer(a) if extract else a, b, args.timeout) for a, b in pairs]
     dt = time.time() - t0
     reasons = Counter(r for _, r in res)
     print(f"{name:12s} {len(pairs):6d} {len(pairs) / dt:10.1f} {sum(ok for ok, _ in res) / len(res):9.3f}  "
