@@ -164,24 +164,52 @@ class GPT(nn.Module):
     def score(self, seqs, starts):
         """
         Teacher-forced sum of log p(seq[t] | seq[:t]) over t in [start, len(seq)), for a batch of sequences of
-        different lengths: one forward, no loop over tokens. The E-step calls it with the joint sequence
-        P <SOL><PRIOR> Z <EOL> X and start = len(P part), giving log p(Z, X | P). Returns (B,) float32.
+        different lengths. The E-step calls it with the joint sequence P <SOL><PRIOR> Z <EOL> X and
+        start = len(P part), giving log p(Z, X | P). Returns (B,) float32.
+
+        Rows that share their head seq[:start] (the K thoughts of one chunk share P) share ONE prefill of it:
+        each distinct head is encoded once into a KV cache, the cache is copied into its rows, and only the
+        scored tails run on top of it. The result is the same sum a full forward of each row gives.
         """
         device = self.lm_head.weight.device
         lengths = [len(s) for s in seqs]
         if min(starts) < 1 or any(st > n for st, n in zip(starts, lengths)):
             raise ValueError("score: need 1 <= start <= len(seq) for every row (the first token has no context)")
-        T = max(lengths)
-        idx = torch.zeros(len(seqs), T, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            idx[i, :len(s)] = torch.tensor(s)  # right padding: causal attention never looks at it
-        idx = idx.to(device)
-        logits, _ = self(idx)
-        logp = F.log_softmax(logits[:, :-1, :self.config.vocab_size].float(), dim=-1)
-        tok_logp = logp.gather(-1, idx[:, 1:, None]).squeeze(-1)  # (B, T-1): log p of token t+1
-        t = torch.arange(1, T, device=device)[None]
-        keep = (t >= torch.tensor(starts, device=device)[:, None]) & (t < torch.tensor(lengths, device=device)[:, None])
-        return (tok_logp * keep).sum(1)
+        heads = {}
+        which = [heads.setdefault(tuple(s[:st]), len(heads)) for s, st in zip(seqs, starts)]
+        H, Pm, Tm = list(heads), max(len(h) for h in heads), max(n - st for n, st in zip(lengths, starts))
+        # prefill: heads left-padded to end in column Pm-1 (positions count from each head's first token)
+        hd = self.config.n_embd // self.config.n_head
+        dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
+            else self.lm_head.weight.dtype
+        cache = KVCache(self.config.n_layer, len(H), self.config.n_head, Pm + Tm, hd, dtype, device)
+        idx = torch.zeros(len(H), Pm, dtype=torch.long)
+        for i, h in enumerate(H):
+            idx[i, Pm - len(h):] = torch.tensor(h)
+        pad = torch.tensor([Pm - len(h) for h in H], device=device)
+        col = torch.arange(Pm + Tm, device=device)
+        valid = col[None] >= pad[:, None]  # (H, Pm+Tm): not left padding
+        q = col[:Pm]
+        mask = ((col[None, :Pm] <= q[:, None]) & valid[:, None, :Pm]) | (col[None, :Pm] == q[:, None])
+        last, _ = self(idx.to(device), pos=(q[None] - pad[:, None]).clamp(min=0), cache=cache, mask=mask[:, None],
+                       last_only=True)  # (H, 1, V): predicts each row's first scored token
+        # the tails: right-padded, attending to their own head's columns and causally to themselves
+        rows = torch.tensor(which, device=device)
+        cache.select(rows)
+        tail = torch.zeros(len(seqs), Tm, dtype=torch.long)
+        for i, (s, st) in enumerate(zip(seqs, starts)):
+            tail[i, :len(s) - st] = torch.tensor(s[st:])
+        tail = tail.to(device)
+        q = col[Pm:]
+        mask = (col[None, None] <= q[None, :, None]) & valid[rows][:, None]  # (B, Tm, Pm+Tm)
+        # padding past a row's end may run past block_size: its position is clamped (it is never scored)
+        pos = (q[None] - pad[rows][:, None]).clamp(max=self.config.block_size - 1)
+        logits, _ = self(tail, pos=pos, cache=cache, mask=mask[:, None])
+        logits = torch.cat([last[rows], logits[:, :-1]], 1)  # the logits that predict tail[:, t]
+        logp = F.log_softmax(logits[..., :self.config.vocab_size].float(), dim=-1)
+        tok_logp = logp.gather(-1, tail[..., None]).squeeze(-1)  # (B, Tm)
+        n = torch.tensor([n - st for n, st in zip(lengths, starts)], device=device)
+        return (tok_logp * (torch.arange(Tm, device=device)[None] < n[:, None])).sum(1)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

@@ -154,12 +154,15 @@ def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cu
             logp[g] = v  # log p(Z, X | P)
 
     with timed(meter, "score", cuda):
-        group = []
-        for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):  # similar lengths together: less padding
-            if group and (len(group) + 1) * len(seqs[i]) * model.padded_vocab > SCORE_LOGITS:
+        # a chunk's K rows stay in one call, so its prefix P is encoded once (GPT.score shares equal heads)
+        group, longest = [], 0
+        for c in sorted(range(len(contexts)), key=lambda c: max(len(seqs[i]) for i in range(c * K, c * K + K))):
+            rows = list(range(c * K, c * K + K))
+            longest = max(longest, max(len(seqs[i]) for i in rows))
+            if group and (len(group) + K) * longest * model.padded_vocab > SCORE_LOGITS:
                 score(group)
-                group = []
-            group.append(i)
+                group, longest = [], max(len(seqs[i]) for i in rows)
+            group += rows
         score(group)
     out = []
     for s, lp in zip(samples, logp):

@@ -135,6 +135,21 @@ def test_score_equals_slow_reference():
         m.score([[1, 2]], [0])
 
 
+def test_shared_head_scoring_is_exact():
+    """K rows with one head (an E-step chunk's P) share one prefill; the sums equal a full forward of each row,
+    with heads of different lengths, empty and long tails, and a head shared by rows that are not adjacent."""
+    m = tiny()
+    P1, P2 = [1, 2, 3, 4, 5, 6, 7], [9, 8]
+    seqs = [P1 + [10, 11, 12], P2 + [13], P1 + [14] * 20, P2 + [15, 16, 17, 18], P1, [3, 3, 3, 3],
+            P2 + [19] * 80, [2] * 85 + [3, 4]]  # a short head with a long tail beside a long head: block_size 96
+    starts = [len(P1), len(P2), len(P1), len(P2), len(P1), 2, len(P2), 85]
+    got = m.score(seqs, starts)
+    for s, st, g in zip(seqs, starts, got):
+        ref = full_logprobs(m, s)
+        expect = sum(ref[t - 1, s[t]].item() for t in range(st, len(s)))
+        assert abs(g.item() - expect) < 1e-4, (s, st, g.item(), expect)
+
+
 def test_checkpoint_roundtrip_and_compiled_prefix(tmp_path):
     m = tiny()
     sd = {"_orig_mod." + k: v for k, v in m.state_dict().items()}  # as saved from a torch.compile'd model
