@@ -27,7 +27,7 @@ import time
 import torch
 
 from configurator import defaults_of, parse_args
-from data.files import build_augmented_bin, open_bin, read_meta, write_json
+from data.files import atomic_open, build_augmented_bin, open_bin, read_meta, write_json
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
 from eval_math import evaluate
@@ -291,7 +291,7 @@ def report(cfg):
                      f"{num(e.get('ess'), '.2f')} | {agree} | {r['tokens'] / 1e6:.2f}M | {num(r.get('train_s', 0) / 60, '.1f')} min | "
                      f"{num(e['wall_s'] / 60, '.1f') + ' min' if e else ''} |")
     table = "\n".join(lines)
-    with open(os.path.join(rd, "results.md"), "w") as f:
+    with atomic_open(os.path.join(rd, "results.md")) as f:  # a reader never sees a half-written table
         f.write(table + "\n")
     write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows})
     print(table, flush=True)
@@ -314,7 +314,8 @@ def report(cfg):
     ax.set_ylabel("accuracy on held-out problems")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(rd, "results.png"), dpi=120)
+    with atomic_open(os.path.join(rd, "results.png"), "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     return rows
 
 

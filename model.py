@@ -345,8 +345,20 @@ class GPT(nn.Module):
         to tok.n_vocab: the new rows (the latent special tokens) start at the mean of the existing rows, a
         neutral point from which training moves them.
         """
-        with open(os.path.join(path, "config.json")) as f:
+        config_path = os.path.join(path, "config.json")
+        with open(config_path) as f:
             hf = json.load(f)
+        # the settings that change GPT-2's computation, with the values this model implements (a missing field
+        # takes Hugging Face's default, which is the implemented one): anything else would load silently wrong
+        implemented = {"model_type": ("gpt2",), "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+                       "layer_norm_epsilon": (1e-5,), "scale_attn_weights": (True,),
+                       "scale_attn_by_inverse_layer_idx": (False,), "reorder_and_upcast_attn": (False,),
+                       "add_cross_attention": (False,), "tie_word_embeddings": (True,),
+                       "n_inner": (None, 4 * hf.get("n_embd", 0))}
+        for key, values in implemented.items():
+            if key in hf and hf[key] not in values:
+                raise ValueError(f"{config_path}: {key}={hf[key]!r} is not implemented by this model "
+                                 f"(supported: {', '.join(map(repr, values))})")
         if os.path.exists(os.path.join(path, "model.safetensors")):
             sd = _read_safetensors(os.path.join(path, "model.safetensors"))
         elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
@@ -417,9 +429,14 @@ def clean_state_dict(sd):
 
 
 def load_checkpoint(path, device="cpu"):
-    ckpt = torch.load(path, map_location=device, weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except OSError:
+        raise  # a missing or unreadable file: the message names the path already
+    except Exception as e:  # unpickling and zip errors do not name the file
+        raise ValueError(f"{path}: not readable as a checkpoint ({type(e).__name__}: {e})") from e
     for key in ("model", "model_args", "tokenizer"):
-        if key not in ckpt:
+        if not isinstance(ckpt, dict) or key not in ckpt:
             raise ValueError(f"{path}: not a checkpoint of this project (no {key!r})")
     model = GPT(GPTConfig(**ckpt["model_args"]))
     model.load_state_dict(clean_state_dict(ckpt["model"]))

@@ -216,6 +216,8 @@ def sample_thoughts(ckpt, chunks, out_dir, K=4, max_thought_tokens=160, selectio
     stop_after_shards: return after writing that many shards, without merging (one process; tests of resuming)."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:  # checked before the model loads and work starts
+        raise ValueError(f"K (thoughts sampled per chunk) must be an integer >= 1, got {K!r}")
     t0 = time.time()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if device == "auto":

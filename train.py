@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import apply, defaults_of, parse_args
-from data.files import open_bin
+from data.files import atomic_open, open_bin
 from data.tokenizer import get_tokenizer
 from model import GPT, GPTConfig, clean_state_dict, estimate_mfu, model_args, save_checkpoint
 
@@ -278,7 +278,7 @@ def train(config_file=None, **overrides):
         os.makedirs(cfg["out_dir"], exist_ok=True)
         # drop events logged after the checkpoint we continue from: they will be logged again
         old = [json.loads(ln) for ln in open(log_path)] if step > 0 and os.path.exists(log_path) else []
-        with open(log_path, "w") as f:
+        with atomic_open(log_path) as f:  # replaced whole: a crash here must not lose the log
             f.writelines(json.dumps(e) + "\n" for e in old if e.get("step", 0) <= step)
         print(f"train: {raw.get_num_params() / 1e6:.2f}M params, {steps} steps of {tokens_per_step:,} tokens "
               f"on {world}x {dev}{', resuming at step ' + str(step) if step else ''}", flush=True)

@@ -25,19 +25,38 @@ def bin_dtype(vocab_size):
     return np.uint16 if vocab_size <= 2 ** 16 else np.uint32
 
 
+class AtomicFile:
+    """A file written as path.tmp: commit() renames it to path, abort() removes it. The one way every output of
+    the project is written, so an interrupted or failed job never leaves a file that looks finished."""
+
+    def __init__(self, path, mode="w"):
+        self.path, self.tmp = path, path + ".tmp"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.f = gzip.open(self.tmp, mode) if path.endswith(".gz") else open(self.tmp, mode)
+
+    def commit(self):
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        try:
+            self.f.close()
+        except Exception:
+            pass  # after a failed write (a full disk) closing flushes again and fails again; the data is discarded
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
 @contextmanager
 def atomic_open(path, mode="w"):
     """Write to path.tmp, rename to path only if the block finishes."""
-    tmp = path + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    f = gzip.open(tmp, mode) if path.endswith(".gz") else open(tmp, mode)
+    a = AtomicFile(path, mode)
     try:
-        yield f
-        f.close()
-        os.replace(tmp, path)
+        yield a.f
+        a.commit()
     except BaseException:
-        f.close()
-        os.remove(tmp)
+        a.abort()
         raise
 
 
@@ -52,16 +71,29 @@ def write_jsonl(path, rows):
             f.write(json.dumps(r) + "\n")
 
 
+def numbered_lines(path, f):
+    """Yield (line number, line) of the open file f of path; truncated or corrupt gzip data is an error naming
+    path:line (gzip's own errors name neither)."""
+    n = 0
+    try:
+        for n, line in enumerate(f, 1):
+            yield n, line
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ValueError(f"{path}:{n + 1}: truncated or corrupt gzip data ({e})") from None
+
+
 def read_jsonl(path, required=()):
     """Yield (line number, dict). Malformed JSON, a non-object line or a missing field is an error naming
     path:line. Blank lines are skipped. .gz files are read transparently."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with opener(path, "rb") as f:  # decoded line by line: an invalid byte is reported on its own line
+        for n, line in numbered_lines(path, f):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid UTF-8 ({e.reason} at byte {e.start + 1})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(obj, dict):
@@ -82,13 +114,18 @@ def read_meta(directory):
         return json.load(f)
 
 
-def update_meta(directory, tok, bins=None, **fields):
-    """Record tokenizer/dtype once per directory and per-bin counts; a second tokenizer in one directory is an
-    error (its bins would be unreadable)."""
-    meta = read_meta(directory) or {"tokenizer": tok.name, "vocab_size": tok.n_vocab,
-                                    "dtype": np.dtype(bin_dtype(tok.n_vocab)).name, "bins": {}}
-    if meta["tokenizer"] != tok.name:
+def check_tokenizer(directory, tok):
+    """One tokenizer per directory (meta.json records it): bins of a second one would be unreadable."""
+    meta = read_meta(directory)
+    if meta is not None and meta["tokenizer"] != tok.name:
         raise ValueError(f"{directory}/meta.json: tokenizer {meta['tokenizer']!r}, but writing {tok.name!r} bins")
+    return meta
+
+
+def update_meta(directory, tok, bins=None, **fields):
+    """Record tokenizer/dtype once per directory and per-bin counts."""
+    meta = check_tokenizer(directory, tok) or {"tokenizer": tok.name, "vocab_size": tok.n_vocab,
+                                               "dtype": np.dtype(bin_dtype(tok.n_vocab)).name, "bins": {}}
     meta["bins"].update(bins or {})
     meta.update(fields)
     write_json(os.path.join(directory, "meta.json"), meta)
@@ -100,27 +137,30 @@ class BinWriter:
 
     def __init__(self, path, tok):
         self.path, self.tok = path, tok
+        self.dir = os.path.dirname(os.path.abspath(path))
         self.dtype = bin_dtype(tok.n_vocab)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.f = open(path + ".tmp", "wb")
+        check_tokenizer(self.dir, tok)  # before anything is written
+        self.out = AtomicFile(path, "wb")
         self.tokens = self.docs = 0
 
     def write(self, ids):
-        self.f.write(np.asarray(ids, dtype=self.dtype).tobytes())
+        self.out.f.write(np.asarray(ids, dtype=self.dtype).tobytes())
         self.tokens += len(ids)
         self.docs += 1
 
     def close(self, **info):
-        self.f.close()
-        os.replace(self.path + ".tmp", self.path)
+        try:
+            check_tokenizer(self.dir, self.tok)  # again before the rename: meta.json may have changed meanwhile
+            self.out.commit()
+        except BaseException:
+            self.out.abort()
+            raise
         info = {"tokens": self.tokens, "docs": self.docs, **info}
-        update_meta(os.path.dirname(os.path.abspath(self.path)), self.tok, {os.path.basename(self.path): info})
+        update_meta(self.dir, self.tok, {os.path.basename(self.path): info})
         return info
 
     def abort(self):
-        self.f.close()
-        if os.path.exists(self.path + ".tmp"):
-            os.remove(self.path + ".tmp")
+        self.out.abort()
 
 
 def open_bin(path, tokenizer=None):
@@ -135,6 +175,11 @@ def open_bin(path, tokenizer=None):
     size = os.path.getsize(path)
     if size % dtype.itemsize:
         raise ValueError(f"{path}: {size} bytes is not a whole number of {dtype.name} tokens")
+    # a bin replaced without its meta.json (or the reverse) would be read with the wrong dtype or tokenizer
+    recorded = meta["bins"].get(os.path.basename(path), {}).get("tokens")
+    if recorded is not None and recorded != size // dtype.itemsize:
+        raise ValueError(f"{path}: {size // dtype.itemsize} tokens, but meta.json beside it records {recorded}: "
+                         "the bin and meta.json do not belong together (re-create them)")
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -142,8 +187,15 @@ def open_bin(path, tokenizer=None):
 
 def read_chunks(path):
     """Chunk file -> list of documents, each a list of chunk dicts in order."""
-    docs, index = [], {}
+    docs, index, lines = [], {}, {}
     for n, c in read_jsonl(path, required=("id", "doc", "idx", "text")):
+        for k, types in (("id", str), ("text", str), ("doc", (str, int))):
+            if not isinstance(c[k], types):
+                raise ValueError(f"{path}:{n}: field {k!r} is {type(c[k]).__name__}, not a string"
+                                 f"{' or integer' if k == 'doc' else ''}")
+        if c["id"] in lines:  # thoughts are keyed by chunk id: two chunks cannot share one
+            raise ValueError(f"{path}:{n}: chunk id {c['id']!r} already used on line {lines[c['id']]}")
+        lines[c["id"]] = n
         d = index.get(c["doc"])
         if d is None:
             d = index[c["doc"]] = len(docs)

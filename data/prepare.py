@@ -27,10 +27,12 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 
-from data.files import BinWriter, atomic_open, build_augmented_bin, read_chunks, read_jsonl, update_meta
+from data.files import (AtomicFile, BinWriter, build_augmented_bin, check_tokenizer, numbered_lines, read_chunks,
+                        read_jsonl, update_meta)
 from data.latent import raw_document
 from data.tokenizer import get_tokenizer
 
+INPUTS = (".txt", ".jsonl", ".jsonl.gz")
 ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "Dr.", "Mr.", "Mrs.", "Ms.", "vs.", "Fig.", "Eq.", "No.", "St.")
 # a sentence ends after . ! or ? followed by whitespace, or at a line break; the whitespace stays with it
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -91,11 +93,11 @@ def iter_documents(paths, text_field="text"):
             text = raw.decode("utf-8", errors="replace")
             yield text, "\ufffd" in text and "\ufffd".encode() not in raw
             continue
-        if not path.endswith((".jsonl", ".jsonl.gz")):
+        if not path.endswith(INPUTS):
             raise ValueError(f"{path}: expected .txt, .jsonl or .jsonl.gz")
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as f:
-            for n, line in enumerate(f, 1):
+            for n, line in numbered_lines(path, f):
                 if not line.strip():
                     continue
                 s = line.decode("utf-8", errors="replace")
@@ -137,12 +139,17 @@ def is_val(text, val_fraction):
 
 def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", val_fraction=0.01, workers=2, max_docs=None):
     tok = get_tokenizer(tokenizer)
+    # everything that can be checked before writing: a late failure must not leave a directory half replaced
+    for p in paths:
+        if not p.endswith(INPUTS):
+            raise ValueError(f"{p}: expected .txt, .jsonl or .jsonl.gz")
+    total = sum(os.path.getsize(p) for p in paths)  # a missing input fails here
+    check_tokenizer(out_dir, tok)
     os.makedirs(out_dir, exist_ok=True)
-    total = sum(os.path.getsize(p) for p in paths)
     counts = {"documents": 0, "empty_skipped": 0, "invalid_utf8": 0, "chunks": 0}
     bins = {s: BinWriter(os.path.join(out_dir, f"{s}_raw.bin"), tok) for s in ("train", "val")}
-    files = {s: atomic_open(os.path.join(out_dir, f"{s}.chunks.jsonl")) for s in ("train", "val")}
-    handles = {s: f.__enter__() for s, f in files.items()}
+    files = {s: AtomicFile(os.path.join(out_dir, f"{s}.chunks.jsonl")) for s in ("train", "val")}
+    handles = {s: f.f for s, f in files.items()}
     pool = get_context("spawn").Pool(workers) if workers > 1 else None
     t0, bar = time.time(), tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=not sys.stderr.isatty())
     try:
@@ -166,11 +173,11 @@ def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", val_frac
                 counts["invalid_utf8"] += bad
                 counts["chunks"] += len(chunks)
         for s in ("train", "val"):
-            files[s].__exit__(None, None, None)
+            files[s].commit()
         info = {s: w.close(kind="raw") for s, w in bins.items()}
-    except BaseException as e:
+    except BaseException:
         for s in ("train", "val"):
-            files[s].__exit__(type(e), e, None)  # removes the temporary chunk file
+            files[s].abort()  # removes the temporary files, even when closing them fails too
             bins[s].abort()
         raise
     finally:

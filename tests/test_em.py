@@ -72,3 +72,15 @@ def test_a_finished_stage_is_not_served_for_other_settings(full_run):
     assert r.returncode != 0
     assert "iter1/estep/stage.json" in r.stderr and "K=2" in r.stderr and "K=3" in r.stderr, r.stderr[-2000:]
     assert open(os.path.join(d, "results.md")).read() == before  # nothing was rewritten
+
+
+def test_report_replaces_results_whole(tmp_path):
+    from em import report
+    d = tmp_path / "run"
+    d.mkdir()
+    (tmp_path / "old.md").write_text("the old table\n")
+    os.link(tmp_path / "old.md", d / "results.md")  # a second name: an in-place rewrite would change it too
+    report({"run_dir": str(d), "iters": 0, "K": 2, "selection": "importance", "continue_from_previous": False})
+    assert (tmp_path / "old.md").read_text() == "the old table\n"
+    assert "| run |" in (d / "results.md").read_text()
+    assert sorted(os.listdir(d)) == ["results.json", "results.md"]

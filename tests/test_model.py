@@ -162,6 +162,13 @@ def test_checkpoint_roundtrip_and_compiled_prefix(tmp_path):
     torch.save({"weights": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         load_checkpoint(str(tmp_path / "bad.pt"))
+    # files that are not checkpoints at all: errors naming the path, not bare unpickling errors
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    (tmp_path / "cut.pt").write_bytes(open(path, "rb").read()[:1000])
+    torch.save([1, 2], tmp_path / "list.pt")
+    for name in ("notes.pt", "cut.pt", "list.pt"):
+        with pytest.raises(ValueError, match=f"{name}: not"):
+            load_checkpoint(str(tmp_path / name))
 
 
 def _write_hf_gpt2(path, n_layer=2, n_head=2, n_embd=32, vocab=50257, n_pos=64, fmt="safetensors"):
@@ -239,3 +246,24 @@ def test_peak_flops_table():
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("cpu") is None and estimate_mfu(tiny(), 1e6, 96, "cpu") is None
+
+
+def test_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
+    from data.tokenizer import get_tokenizer
+    tok = get_tokenizer("gpt2")
+    d = str(tmp_path / "gpt2")
+    _write_hf_gpt2(d, n_layer=1)
+    cfg_path = os.path.join(d, "config.json")
+    base = json.load(open(cfg_path))
+    # Hugging Face's gpt2 config.json spells out the defaults: they load
+    hf_defaults = {"activation_function": "gelu_new", "layer_norm_epsilon": 1e-05, "scale_attn_weights": True,
+                   "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "n_inner": None,
+                   "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1, "summary_type": "cls_index"}
+    json.dump({**base, **hf_defaults}, open(cfg_path, "w"))
+    GPT.from_pretrained(d, tok)
+    for key, value in [("activation_function", "relu"), ("scale_attn_by_inverse_layer_idx", True),
+                       ("reorder_and_upcast_attn", True), ("layer_norm_epsilon", 1e-6), ("n_inner", 64),
+                       ("tie_word_embeddings", False), ("model_type", "gpt_neo")]:
+        json.dump({**base, **hf_defaults, key: value}, open(cfg_path, "w"))
+        with pytest.raises(ValueError, match=f"config.json: {key}={value!r} is not implemented"):
+            GPT.from_pretrained(d, tok)

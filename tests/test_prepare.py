@@ -1,3 +1,4 @@
+import errno
 import filecmp
 import gzip
 import json
@@ -108,3 +109,80 @@ def test_gsm8k_train_as_a_real_corpus(tmp_path):
     tok = get_tokenizer("gpt2")
     ids = list(open_bin(str(tmp_path / "g" / "train_raw.bin")))
     assert tok.decode(ids[:ids.index(tok.eot)]) == "".join(c["text"] for c in first)
+
+
+def snapshot(d):
+    return {f: open(os.path.join(d, f), "rb").read() for f in sorted(os.listdir(d))}
+
+
+def test_another_tokenizer_replaces_nothing_and_bins_must_match_meta(tmp_path):
+    src = corpus(tmp_path, [{"text": TEXT[:300]}, {"text": TEXT[300:700]}])
+    out = str(tmp_path / "o")
+    prepare_corpus([src], out, tokenizer="gpt2", workers=1, val_fraction=0.0)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="meta.json: tokenizer 'gpt2', but writing 'byte' bins"):
+        prepare_corpus([src], out, tokenizer="byte", workers=1, val_fraction=0.0)
+    assert snapshot(out) == before  # checked before anything was written; no .tmp left either
+    # a bin that is not the one meta.json describes is an error naming it
+    with open(os.path.join(out, "train_raw.bin"), "ab") as f:
+        f.write(b"\0\0" * 5)
+    with pytest.raises(ValueError, match=r"train_raw.bin: \d+ tokens, but meta.json beside it records \d+"):
+        open_bin(os.path.join(out, "train_raw.bin"))
+
+
+class FullDisk:
+    """A file on a full disk: write, flush and close all fail (close still closes, as io's files do)."""
+
+    def __init__(self, path, mode):
+        self.f = open(path, mode)
+
+    def _fail(self, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write = flush = _fail
+
+    def close(self):
+        self.f.close()
+        self._fail()
+
+
+def test_full_disk_leaves_no_tmp_files(tmp_path, monkeypatch):
+    import data.files
+    real_open = open
+    monkeypatch.setattr(data.files, "open", lambda p, mode="r", *a, **k:
+                        FullDisk(p, mode) if "w" in mode else real_open(p, mode, *a, **k), raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        write_jsonl(str(tmp_path / "a" / "x.jsonl"), [{"a": 1}])
+    assert os.listdir(tmp_path / "a") == []
+    src = corpus(tmp_path, [{"text": TEXT[:300]}])
+    with pytest.raises(OSError, match="No space left"):
+        prepare_corpus([src], str(tmp_path / "o"), tokenizer="byte", workers=1, val_fraction=0.0)
+    assert os.listdir(tmp_path / "o") == []  # the chunk files and both bins were removed
+
+
+def test_truncated_or_corrupt_gzip_input_names_the_file(tmp_path):
+    raw = "".join(json.dumps({"text": f"{i} {TEXT[i:i + 200]}"}) + "\n" for i in range(300)).encode()
+    data = gzip.compress(raw)
+    cases = {"cut.jsonl.gz": data[:len(data) // 2], "flipped.jsonl.gz": data[:500] + bytes(50) + data[550:],
+             "plain.jsonl.gz": raw}
+    for name, blob in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ValueError, match=rf"{name}:\d+: truncated or corrupt gzip data"):
+            prepare_corpus([str(tmp_path / name)], str(tmp_path / "o"), tokenizer="byte", workers=1)
+        assert not os.path.exists(tmp_path / "o" / "train_raw.bin")
+
+
+def test_bad_chunk_files_are_errors_naming_file_and_line(tmp_path):
+    p = str(tmp_path / "c.chunks.jsonl")
+    row = lambda i, text: {"id": f"0:{i}", "doc": 0, "idx": i, "text": text}
+    write_jsonl(p, [row(0, "a"), row(1, ["not", "text"])])
+    with pytest.raises(ValueError, match="c.chunks.jsonl:2: field 'text' is list, not a string"):
+        read_chunks(p)
+    write_jsonl(p, [row(0, "a"), row(1, "b"), {**row(0, "c"), "doc": 1}])
+    with pytest.raises(ValueError, match="c.chunks.jsonl:3: chunk id '0:0' already used on line 1"):
+        read_chunks(p)
+    write_jsonl(p, [row(0, "a"), row(1, "b")])
+    with open(p, "ab") as f:
+        f.write(b'{"id": "0:2", "doc": 0, "idx": 2, "text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match="c.chunks.jsonl:3: not valid UTF-8"):
+        read_chunks(p)

@@ -252,3 +252,11 @@ def test_bad_chunk_file_names_its_line(setup):
         f.write('{"id": "a:0", "doc": "a", "idx": 0, "text": "x"}\n{"id": "a:1", "doc": "a"}\n')
     with pytest.raises(ValueError, match="bad.chunks.jsonl:2"):
         sample_thoughts(setup["ckpt"], bad, str(setup["d"] / "bad"), device="cpu")
+
+
+def test_K_below_one_is_refused_before_any_work(tmp_path):
+    out = str(tmp_path / "out")
+    for K in (0, -1):  # the checkpoint and chunks need not exist: K is checked first
+        with pytest.raises(ValueError, match=rf"K \(thoughts sampled per chunk\) must be an integer >= 1, got {K}"):
+            sample_thoughts(str(tmp_path / "none.pt"), str(tmp_path / "none.jsonl"), out, K=K, device="cpu")
+    assert not os.path.exists(out)

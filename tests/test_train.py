@@ -64,8 +64,13 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     assert not s["done"] and ck["step"] == 3 and not ck["done"] and ck["optimizer"] is not None
     with pytest.raises(ValueError, match="learning_rate"):  # another config must not continue this run
         train(out_dir=part, **{**kw, "learning_rate": 5e-4})
+    # the log is replaced whole on resuming, never rewritten in place (a second name of the old file keeps it)
+    log = os.path.join(part, "log.jsonl")
+    old_log = open(log).read()
+    os.link(log, tmp_path / "old_log.jsonl")
     s = train(out_dir=part, **kw)
     assert s["done"] and s["steps"] == 6
+    assert (tmp_path / "old_log.jsonl").read_text() == old_log
     assert same_weights(weights(full["ckpt"]), weights(s["ckpt"]))
     # the training curve is the same too, and the log holds each step once
     loss = lambda d: [(e["step"], e["loss"]) for e in events(d, "train")]
