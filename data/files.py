@@ -7,6 +7,26 @@ The files every stage reads and writes, defined once:
                  (a chunk's prefix is the text of the chunks before it in its document, see chunk_prefix)
     thoughts     jsonl with {"id": chunk id, "thought": text} (extra fields are kept, ignored here)
 
+A prepared directory (the contract between whatever makes a corpus and em.py, which reads it) holds:
+
+    warm.chunks.jsonl  warm.thoughts.jsonl  warm_raw.bin  warm_aug.bin
+                       the warm-start split and the teacher's thought for every one of its chunks
+    boot.chunks.jsonl  boot_raw.bin
+                       the bootstrap split: the E-steps infer its thoughts
+    val.chunks.jsonl   val_raw.bin
+                       validation documents
+    meta.json          tokenizer, vocab_size, dtype, per-bin counts
+  optional:
+    val.thoughts.jsonl  val_aug.bin   only when validation thoughts exist (then the augmented val loss is reported)
+    boot.gold.jsonl    gold thoughts of the bootstrap split: only corpora that have them (mathworld, GSM8K);
+                       without it every gold-based figure is left out
+    eval.jsonl  exemplars.jsonl  valid.jsonl
+                       MATH- or GSM8K-shaped problems (eval_math.py: load_rows): the test set, its few-shot
+                       exemplars, a held-out set for choosing models; em.py can be given any eval jsonl instead
+
+Three commands write it: data/mathworld.py (the embedded corpus), data/prepare.py corpus + warm (your own text
+and teacher, data/teacher.py) and data/prepare.py gsm8k. check_contract says what a directory holds.
+
 Everything is written to a temporary name and renamed when complete: an interrupted job never leaves a file
 that looks finished.
 """
@@ -180,6 +200,8 @@ def open_bin(path, tokenizer=None):
     if recorded is not None and recorded != size // dtype.itemsize:
         raise ValueError(f"{path}: {size // dtype.itemsize} tokens, but meta.json beside it records {recorded}: "
                          "the bin and meta.json do not belong together (re-create them)")
+    if size == 0:  # an empty split (--val_fraction=0) is legal, but mmap refuses empty files
+        return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -260,3 +282,45 @@ def build_raw_bin(tok, chunks_path, out_path):
         w.abort()
         raise
     return w.close(kind="raw", chunks=os.path.abspath(chunks_path))
+
+
+# ----------------------------------------------------------------------------- the prepared directory
+
+# (file, what makes it): the hint names the command a user forgot, in the order the commands run
+REQUIRED = [
+    ("meta.json", "python -m data.prepare corpus ... --out_dir=DIR"),
+    ("warm.chunks.jsonl", "python -m data.prepare corpus ... --out_dir=DIR"),
+    ("warm_raw.bin", "python -m data.prepare corpus ... --out_dir=DIR"),
+    ("boot.chunks.jsonl", "python -m data.prepare corpus ... --out_dir=DIR"),
+    ("boot_raw.bin", "python -m data.prepare corpus ... --out_dir=DIR"),
+    ("val.chunks.jsonl", "python -m data.prepare corpus ... --out_dir=DIR"),
+    ("val_raw.bin", "python -m data.prepare corpus ... --out_dir=DIR"),
+    ("warm.thoughts.jsonl", "python -m data.teacher --chunks=DIR/warm.chunks.jsonl --out=T.jsonl ..., "
+                            "then python -m data.prepare warm --dir=DIR --thoughts=T.jsonl"),
+    ("warm_aug.bin", "python -m data.prepare warm --dir=DIR --thoughts=T.jsonl"),
+]
+OPTIONAL = {"val_aug": "val_aug.bin", "val_thoughts": "val.thoughts.jsonl", "boot_gold": "boot.gold.jsonl",
+            "eval": "eval.jsonl", "exemplars": "exemplars.jsonl", "valid": "valid.jsonl"}
+
+
+def check_contract(directory):
+    """
+    Check that directory is a prepared directory (the module docstring lists its files) and return which optional
+    parts it has, e.g. {"val_aug": False, "boot_gold": True, ...}. The first missing required file is an error
+    naming it and the command that makes it; a bin that meta.json does not record is an error too (it was not
+    made for this directory's tokenizer).
+    """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: not a directory")
+    for name, how in REQUIRED:
+        if not os.path.exists(os.path.join(directory, name)):
+            raise FileNotFoundError(f"{directory}: missing {name} (made by: {how})")
+    have = {k: os.path.exists(os.path.join(directory, f)) for k, f in OPTIONAL.items()}
+    if have["val_aug"] != have["val_thoughts"]:  # one without the other: the bin cannot be checked or rebuilt
+        raise FileNotFoundError(f"{directory}: val_aug.bin and val.thoughts.jsonl come together; only "
+                                f"{'val_aug.bin' if have['val_aug'] else 'val.thoughts.jsonl'} is there")
+    bins = read_meta(directory)["bins"]
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".bin") and name not in bins:
+            raise ValueError(f"{directory}/{name}: not recorded in meta.json (written for another directory?)")
+    return have

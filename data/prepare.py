@@ -1,11 +1,16 @@
 """
-Real corpora into the files every stage reads (data/files.py): chunk files and raw bins, plus augmented bins from
-thoughts a user brings. (The embedded corpus has its own generator: data/mathworld.py.)
+Real corpora into a prepared directory (the files data/files.py lists; the embedded corpus has its own generator,
+data/mathworld.py):
 
-    python -m data.prepare corpus my_texts/*.jsonl.gz --out_dir=data_dir [--tokenizer=gpt2] [--text_field=text]
-    python -m data.prepare corpus ../shared/data/gsm8k/train.jsonl --out_dir=gsm8k_dir     # GSM8K rows work too
-    python -m data.prepare warm --chunks=data_dir/train.chunks.jsonl --thoughts=teacher.jsonl --out=data_dir/warm_aug.bin
+    python -m data.prepare corpus my_texts/*.jsonl.gz --out_dir=DIR [--tokenizer=gpt2] [--text_field=text]
+    python -m data.teacher --chunks=DIR/warm.chunks.jsonl --out=teacher.jsonl --base_url=... --model=...
+    python -m data.prepare warm --dir=DIR --thoughts=teacher.jsonl [--val_thoughts=teacher_val.jsonl]
+    python -m data.prepare gsm8k --train=../shared/data/gsm8k/train.jsonl --test=../shared/data/gsm8k/test.jsonl \
+        --out_dir=DIR                           # all in one: GSM8K's own solutions play the teacher
 
+corpus: documents are split into warm (the teacher writes their thoughts), boot (the E-steps infer them) and val
+by a hash of their text (--warm_fraction of the non-validation documents, --val_fraction of all), so a document
+always lands in the same split and a duplicated one never sits in both training and validation.
 Inputs: .txt (one document per file), .jsonl or .jsonl.gz with a text field (or GSM8K's question/answer).
 Streaming: documents are read and tokenized in batches by a pool of worker processes, in order, so memory stays
 bounded and the output does not depend on the number of workers.
@@ -27,8 +32,8 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 
-from data.files import (AtomicFile, BinWriter, build_augmented_bin, check_tokenizer, numbered_lines, read_chunks,
-                        read_jsonl, update_meta)
+from data.files import (AtomicFile, BinWriter, atomic_open, build_augmented_bin, build_raw_bin, check_contract,
+                        check_tokenizer, numbered_lines, read_chunks, read_jsonl, read_meta, update_meta, write_json, write_jsonl)
 from data.latent import raw_document
 from data.tokenizer import get_tokenizer
 
@@ -77,11 +82,18 @@ def chunk_document(text, mean_sentences=8, max_sentences=20, max_chunk_chars=400
     return out
 
 
+def gsm8k_solution(row):
+    """A GSM8K answer "work #### N" -> (the worked solution without its <<calculator>> notes, N without commas)."""
+    if "####" not in row["answer"]:
+        raise ValueError("a GSM8K answer ends in '#### N'")
+    work, gold = row["answer"].rsplit("####", 1)
+    return re.sub(r"<<[^>]*>>", "", work).strip(), gold.strip().replace(",", "")
+
+
 def gsm8k_text(row):
-    """A GSM8K row as a document: question, worked answer without the <<calculator>> notes, the final answer."""
-    answer = re.sub(r"<<[^>]*>>", "", row["answer"])
-    answer = re.sub(r"####\s*(.+)\s*$", r"The answer is \1.", answer)
-    return f"Question: {row['question']}\nAnswer: {answer}\n"
+    """A GSM8K row as one plain document (corpus): question, worked answer, the final answer."""
+    work, gold = gsm8k_solution(row)
+    return f"Question: {row['question']}\nAnswer: {work}\nThe answer is {gold}.\n"
 
 
 def iter_documents(paths, text_field="text"):
@@ -108,7 +120,11 @@ def iter_documents(paths, text_field="text"):
                 if not isinstance(row, dict):
                     raise ValueError(f"{path}:{n}: expected a JSON object")
                 if text_field not in row and {"question", "answer"} <= set(row):
-                    yield gsm8k_text(row), "\ufffd" in s and "\ufffd".encode() not in line
+                    try:
+                        text = gsm8k_text(row)
+                    except ValueError as e:
+                        raise ValueError(f"{path}:{n}: {e}") from None
+                    yield text, "\ufffd" in s and "\ufffd".encode() not in line
                     continue
                 if not isinstance(row.get(text_field), str):
                     raise ValueError(f"{path}:{n}: no string field {text_field!r}")
@@ -133,23 +149,34 @@ def _work(args):
     return [(text, bad, chunk_document(text), raw_document(tok, text)) for text, bad in batch]
 
 
-def is_val(text, val_fraction):
-    return zlib.crc32(text.encode("utf-8", "replace")) % 1_000_000 < val_fraction * 1_000_000
+SPLITS = ("warm", "boot", "val")
 
 
-def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", val_fraction=0.01, workers=2, max_docs=None):
+def split_of(text, warm_fraction, val_fraction):
+    """warm, boot or val, from a hash of the text: the same document always goes to the same split."""
+    u = int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big") / 2 ** 64
+    if u < val_fraction:
+        return "val"
+    return "warm" if (u - val_fraction) / (1 - val_fraction) < warm_fraction else "boot"
+
+
+def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", warm_fraction=0.2, val_fraction=0.01,
+                   workers=2, max_docs=None):
+    """Chunk files and raw bins of the three splits; the warm split's thoughts come later (prepare_warm_start)."""
     tok = get_tokenizer(tokenizer)
     # everything that can be checked before writing: a late failure must not leave a directory half replaced
     for p in paths:
         if not p.endswith(INPUTS):
             raise ValueError(f"{p}: expected .txt, .jsonl or .jsonl.gz")
+    if not (0 <= warm_fraction <= 1 and 0 <= val_fraction < 1):
+        raise ValueError(f"--warm_fraction must be in [0, 1] and --val_fraction in [0, 1), got "
+                         f"{warm_fraction} and {val_fraction}")
     total = sum(os.path.getsize(p) for p in paths)  # a missing input fails here
     check_tokenizer(out_dir, tok)
     os.makedirs(out_dir, exist_ok=True)
     counts = {"documents": 0, "empty_skipped": 0, "invalid_utf8": 0, "chunks": 0}
-    bins = {s: BinWriter(os.path.join(out_dir, f"{s}_raw.bin"), tok) for s in ("train", "val")}
-    files = {s: AtomicFile(os.path.join(out_dir, f"{s}.chunks.jsonl")) for s in ("train", "val")}
-    handles = {s: f.f for s, f in files.items()}
+    bins = {s: BinWriter(os.path.join(out_dir, f"{s}_raw.bin"), tok) for s in SPLITS}
+    files = {s: AtomicFile(os.path.join(out_dir, f"{s}.chunks.jsonl")) for s in SPLITS}
     pool = get_context("spawn").Pool(workers) if workers > 1 else None
     t0, bar = time.time(), tqdm(total=total, unit="B", unit_scale=True, desc="prepare", disable=not sys.stderr.isatty())
     try:
@@ -164,19 +191,19 @@ def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", val_frac
                     continue
                 if max_docs is not None and counts["documents"] >= max_docs:
                     break
-                split = "val" if is_val(text, val_fraction) else "train"
-                d = counts["documents"]
+                split = split_of(text, warm_fraction, val_fraction)
+                d = f"{split}{bins[split].docs}"  # numbered within the split, as mathworld does
                 for i, c in enumerate(chunks):
-                    handles[split].write(json.dumps({"id": f"{d}:{i}", "doc": d, "idx": i, "text": c}) + "\n")
+                    files[split].f.write(json.dumps({"id": f"{d}:{i}", "doc": d, "idx": i, "text": c}) + "\n")
                 bins[split].write(ids)
                 counts["documents"] += 1
                 counts["invalid_utf8"] += bad
                 counts["chunks"] += len(chunks)
-        for s in ("train", "val"):
+        for s in SPLITS:
             files[s].commit()
         info = {s: w.close(kind="raw") for s, w in bins.items()}
     except BaseException:
-        for s in ("train", "val"):
+        for s in SPLITS:
             files[s].abort()  # removes the temporary files, even when closing them fails too
             bins[s].abort()
         raise
@@ -184,11 +211,22 @@ def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", val_frac
         bar.close()
         if pool:
             pool.terminate()
+    # thoughts of an earlier corpus in this directory are keyed by chunk ids that now name other chunks
+    stale = [f for f in ("warm.thoughts.jsonl", "warm_aug.bin", "val.thoughts.jsonl", "val_aug.bin", "boot.gold.jsonl")
+             if os.path.exists(os.path.join(out_dir, f))]
+    for f in stale:
+        os.remove(os.path.join(out_dir, f))
+        print(f"removed {out_dir}/{f}: it belonged to the chunks this run replaced")
+    meta = read_meta(out_dir)
+    meta["bins"] = {k: v for k, v in meta["bins"].items() if k not in stale}
+    write_json(os.path.join(out_dir, "meta.json"), meta)
     sources = [{"path": os.path.abspath(p), "bytes": os.path.getsize(p), "sha256": sha256(p)} for p in paths]
     secs = time.time() - t0
-    meta = update_meta(out_dir, tok, sources=sources, counts=counts, seconds=secs, mb_per_s=total / 1e6 / secs)
-    print(f"prepared {counts['documents']} documents ({counts['chunks']} chunks, {info['train']['tokens']:,} train and "
-          f"{info['val']['tokens']:,} val tokens) from {total / 1e6:.1f} MB in {secs:.1f}s: {total / 1e6 / secs:.2f} MB/s; "
+    meta = update_meta(out_dir, tok, sources=sources, counts=counts, seconds=secs, mb_per_s=total / 1e6 / secs,
+                       split=dict(warm_fraction=warm_fraction, val_fraction=val_fraction))
+    print(f"prepared {counts['documents']} documents ({counts['chunks']} chunks; tokens: "
+          + ", ".join(f"{s} {info[s]['tokens']:,} in {info[s]['docs']} docs" for s in SPLITS)
+          + f") from {total / 1e6:.1f} MB in {secs:.1f}s: {total / 1e6 / secs:.2f} MB/s; "
           f"skipped {counts['empty_skipped']} empty, {counts['invalid_utf8']} with invalid UTF-8 (replaced)")
     return meta
 
@@ -201,36 +239,147 @@ def sha256(path):
     return h.hexdigest()
 
 
-def prepare_warm_start(chunks_path, thoughts_path, out_path, tokenizer="gpt2", seed=0):
-    """Thoughts from any teacher ({"id": chunk id, "thought"} jsonl) joined to a chunk file, into an augmented bin."""
-    ids = {c["id"] for doc in read_chunks(chunks_path) for c in doc}
+def join_thoughts(chunks_path, thoughts_path, out_path):
+    """The thoughts of a teacher ({"id": chunk id, "thought"} jsonl, extra fields kept) for exactly the chunks of
+    chunks_path, written to out_path in chunk order. A chunk without a thought, or a thought for a chunk that is
+    not there, is an error naming it: either would silently change the corpus."""
+    order = [c["id"] for doc in read_chunks(chunks_path) for c in doc]
+    known, rows = set(order), {}
     for n, t in read_jsonl(thoughts_path, required=("id", "thought")):
-        if t["id"] not in ids:
+        if t["id"] not in known:
             raise ValueError(f"{thoughts_path}:{n}: chunk id {t['id']!r} is not in {chunks_path}")
-    return build_augmented_bin(get_tokenizer(tokenizer), chunks_path, thoughts_path, out_path, seed)
+        if t["id"] in rows:
+            raise ValueError(f"{thoughts_path}:{n}: a second thought for chunk {t['id']}")
+        if not isinstance(t["thought"], str):
+            raise ValueError(f"{thoughts_path}:{n}: field 'thought' is {type(t['thought']).__name__}, not a string")
+        rows[t["id"]] = t
+    missing = [i for i in order if i not in rows]
+    if missing:
+        raise ValueError(f"{thoughts_path}: no thought for chunk {missing[0]!r} of {chunks_path} "
+                         f"({len(missing)} of {len(order)} chunks have none)")
+    write_jsonl(out_path, (rows[i] for i in order))
+
+
+def prepare_warm_start(directory, thoughts_path, val_thoughts_path=None, seed=0):
+    """
+    Warm start (method.md): a teacher's thoughts for the warm split -> warm.thoughts.jsonl and warm_aug.bin;
+    thoughts for the val split, if given -> val.thoughts.jsonl and val_aug.bin. The tokenizer is the directory's.
+    """
+    meta = read_meta(directory)
+    if meta is None:
+        raise FileNotFoundError(f"{directory}/meta.json not found: run python -m data.prepare corpus first")
+    tok = get_tokenizer(meta["tokenizer"])
+    out = {}
+    for split, path in (("warm", thoughts_path), ("val", val_thoughts_path)):
+        if path:
+            chunks, joined = os.path.join(directory, f"{split}.chunks.jsonl"), os.path.join(directory, f"{split}.thoughts.jsonl")
+            join_thoughts(chunks, path, joined)
+            out[split] = build_augmented_bin(tok, chunks, joined, os.path.join(directory, f"{split}_aug.bin"), seed)
+    return out
+
+
+# ----------------------------------------------------------------------------- GSM8K as a complete directory
+
+GSM8K_QUESTION_THOUGHT = "A grade-school math word problem."  # the question chunk has nothing to derive
+
+
+def prepare_gsm8k(train, out_dir, test=None, tokenizer="gpt2", warm_fraction=0.2, val_fraction=0.01, n_exemplars=8,
+                  limit=None, seed=0):
+    """
+    GSM8K's train split as a prepared directory, its own worked solutions playing the teacher. Each problem is a
+    document of two chunks, "Problem:\n{question}\n" | "Final Answer: {N}\n", so that the problem and its result
+    fall in different chunks (method.md, Evaluation): the thought of the answer chunk, the worked solution, then
+    sits where the latent evaluation prompt opens one. The solutions of the boot split become boot.gold.jsonl.
+    eval.jsonl is a copy of test; exemplars.jsonl the first n_exemplars training rows in the shape eval_math.py
+    reads for both prompt styles.
+    """
+    tok = get_tokenizer(tokenizer)
+    check_tokenizer(out_dir, tok)
+    rows = []
+    for n, r in read_jsonl(train, required=("question", "answer")):
+        try:
+            rows.append((r["question"], *gsm8k_solution(r)))
+        except ValueError as e:
+            raise ValueError(f"{train}:{n}: {e}") from None
+        if limit and len(rows) == limit:
+            break
+    if test:
+        with open(test, "rb") as f:  # read before anything is written: a missing file fails early
+            test_bytes = f.read()
+    splits = {s: [] for s in SPLITS}
+    for question, work, gold in rows:
+        splits[split_of(question, warm_fraction, val_fraction)].append((question, work, gold))
+    for split, docs in splits.items():
+        ids = [f"{split}{d}" for d in range(len(docs))]
+        texts = [(f"Problem:\n{q}\n", f"Final Answer: {g}\n") for q, _, g in docs]
+        thoughts = [(GSM8K_QUESTION_THOUGHT, w) for _, w, _ in docs]
+        chunks = os.path.join(out_dir, f"{split}.chunks.jsonl")
+        write_jsonl(chunks, ({"id": f"{d}:{i}", "doc": d, "idx": i, "text": t[i]} for d, t in zip(ids, texts) for i in (0, 1)))
+        build_raw_bin(tok, chunks, os.path.join(out_dir, f"{split}_raw.bin"))
+        # boot's solutions are gold to measure the E-step with, never trained on; warm's and val's are the thoughts
+        name = "boot.gold.jsonl" if split == "boot" else f"{split}.thoughts.jsonl"
+        write_jsonl(os.path.join(out_dir, name),
+                    ({"id": f"{d}:{i}", "thought": z[i]} for d, z in zip(ids, thoughts) for i in (0, 1)))
+        if split != "boot":
+            build_augmented_bin(tok, chunks, os.path.join(out_dir, name), os.path.join(out_dir, f"{split}_aug.bin"), seed)
+    write_jsonl(os.path.join(out_dir, "exemplars.jsonl"),
+                ({"problem": q, "answer": g, "thought": w, "raw_solution": f"Final Answer: {g}",
+                  "solution": f"{w}\nThe answer is $\\boxed{{{g}}}$."} for q, w, g in rows[:n_exemplars]))
+    if test:
+        with atomic_open(os.path.join(out_dir, "eval.jsonl"), "wb") as f:
+            f.write(test_bytes)
+    sources = [{"path": os.path.abspath(p), "sha256": sha256(p)} for p in (train, test) if p]
+    return update_meta(out_dir, tok, sources=sources, counts={s: len(d) for s, d in splits.items()},
+                       gsm8k=dict(warm_fraction=warm_fraction, val_fraction=val_fraction, limit=limit, seed=seed))
 
 
 def main(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("corpus")
+    c = sub.add_parser("corpus", help="local text/jsonl(.gz) files -> chunk files and raw bins of warm/boot/val")
     c.add_argument("paths", nargs="+")
     c.add_argument("--out_dir", required=True)
     c.add_argument("--tokenizer", default="gpt2")
     c.add_argument("--text_field", default="text")
+    c.add_argument("--warm_fraction", type=float, default=0.2)
     c.add_argument("--val_fraction", type=float, default=0.01)
     c.add_argument("--workers", type=int, default=2)
-    w = sub.add_parser("warm")
-    w.add_argument("--chunks", required=True)
+    w = sub.add_parser("warm", help="a teacher's thoughts -> warm.thoughts.jsonl, warm_aug.bin (and val's)")
+    w.add_argument("--dir", required=True)
     w.add_argument("--thoughts", required=True)
-    w.add_argument("--out", required=True)
-    w.add_argument("--tokenizer", default="gpt2")
+    w.add_argument("--val_thoughts", default="")
     w.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("gsm8k", help="GSM8K train (and test) -> a complete prepared directory")
+    g.add_argument("--train", required=True)
+    g.add_argument("--test", default="")
+    g.add_argument("--out_dir", required=True)
+    g.add_argument("--tokenizer", default="gpt2")
+    g.add_argument("--warm_fraction", type=float, default=0.2)
+    g.add_argument("--val_fraction", type=float, default=0.01)
+    g.add_argument("--n_exemplars", type=int, default=8)
+    g.add_argument("--limit", type=int, default=0, help="only the first N training rows (0 = all)")
+    g.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     if a.cmd == "corpus":
-        prepare_corpus(a.paths, a.out_dir, a.tokenizer, a.text_field, a.val_fraction, a.workers)
+        prepare_corpus(a.paths, a.out_dir, a.tokenizer, a.text_field, a.warm_fraction, a.val_fraction, a.workers)
+    elif a.cmd == "warm":
+        for split, info in prepare_warm_start(a.dir, a.thoughts, a.val_thoughts or None, a.seed).items():
+            print(f"{split}_aug.bin: {info['tokens']:,} tokens in {info['docs']} documents")
     else:
-        print(prepare_warm_start(a.chunks, a.thoughts, a.out, a.tokenizer, a.seed))
+        meta = prepare_gsm8k(a.train, a.out_dir, a.test or None, a.tokenizer, a.warm_fraction, a.val_fraction,
+                             a.n_exemplars, a.limit or None, a.seed)
+        print(f"{a.out_dir}: {meta['counts']} problems; " + ", ".join(f"{k} {v['tokens']:,} tokens"
+                                                                      for k, v in meta["bins"].items()))
+    print(f"{a.dir if a.cmd == 'warm' else a.out_dir}: {describe_contract(a.dir if a.cmd == 'warm' else a.out_dir)}")
+
+
+def describe_contract(directory):
+    """One line for the user: complete, or what is still missing."""
+    try:
+        have = check_contract(directory)
+    except (FileNotFoundError, ValueError) as e:
+        return f"not complete yet: {e}"
+    return "complete; optional parts: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in have.items())
 
 
 if __name__ == "__main__":

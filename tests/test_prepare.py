@@ -3,12 +3,14 @@ import filecmp
 import gzip
 import json
 import os
+import re
 
 import pytest
 
 from conftest import SHARED_DATA
-from data.files import open_bin, read_chunks, read_meta, write_jsonl
-from data.prepare import chunk_document, prepare_corpus, prepare_warm_start, split_sentences
+from data.files import check_contract, open_bin, read_chunks, read_jsonl, read_meta, write_jsonl
+from data.latent import show
+from data.prepare import chunk_document, prepare_corpus, prepare_gsm8k, prepare_warm_start, split_of, split_sentences
 from data.tokenizer import get_tokenizer
 
 TEXT = ("The cat sat. It was 3.14 m tall, e.g. quite tall! Why? Because.\nA new line starts here. "
@@ -41,7 +43,8 @@ def test_same_inputs_give_identical_files_with_any_number_of_workers(tmp_path):
     src = corpus(tmp_path, rows)
     for w, d in ((1, "a"), (2, "b")):
         prepare_corpus([src], str(tmp_path / d), tokenizer="byte", workers=w, val_fraction=0.2)
-    for f in ("train_raw.bin", "val_raw.bin", "train.chunks.jsonl", "val.chunks.jsonl"):
+    for f in ("warm_raw.bin", "boot_raw.bin", "val_raw.bin", "warm.chunks.jsonl", "boot.chunks.jsonl",
+              "val.chunks.jsonl"):
         assert filecmp.cmp(tmp_path / "a" / f, tmp_path / "b" / f, shallow=False), f
     meta = read_meta(str(tmp_path / "a"))
     assert meta["counts"]["documents"] == 40 and meta["sources"][0]["sha256"]
@@ -53,7 +56,7 @@ def test_special_token_strings_stay_text(tmp_path):
     src = corpus(tmp_path, [{"text": "a <|END_OF_LATENT|> b <|endoftext|> c <|PRIOR_PREFIX|>"}] * 3)
     prepare_corpus([src], str(tmp_path / "o"), tokenizer="gpt2", workers=1, val_fraction=0.0)
     tok = get_tokenizer("gpt2")
-    ids = list(open_bin(str(tmp_path / "o" / "train_raw.bin")))
+    ids = [i for s in ("warm", "boot") for i in open_bin(str(tmp_path / "o" / f"{s}_raw.bin"))]
     assert ids.count(tok.eot) == 3 and not set(ids) & set(tok.latent_ids)
     assert tok.decode(ids).count("<|END_OF_LATENT|>") == 3
 
@@ -63,36 +66,108 @@ def test_bad_inputs(tmp_path):
     p.write_text('{"text": "a"}\n{"text": "b"}\n{"text": \n')
     with pytest.raises(ValueError, match="file.jsonl:3: malformed JSON"):
         prepare_corpus([str(p)], str(tmp_path / "o1"), tokenizer="byte", workers=1)
-    assert not os.path.exists(tmp_path / "o1" / "train_raw.bin")  # nothing half-written looks finished
-    assert not os.path.exists(tmp_path / "o1" / "train.chunks.jsonl")
+    assert not os.path.exists(tmp_path / "o1" / "boot_raw.bin")  # nothing half-written looks finished
+    assert not os.path.exists(tmp_path / "o1" / "boot.chunks.jsonl")
     p.write_text('{"text": "a"}\n{"body": "b"}\n')
     with pytest.raises(ValueError, match="file.jsonl:2: no string field 'text'"):
         prepare_corpus([str(p)], str(tmp_path / "o2"), tokenizer="byte", workers=1)
     g = tmp_path / "mixed.jsonl.gz"
     with gzip.open(g, "wb") as f:
         f.write(b'{"text": "caf\xe9 ok"}\n{"text": ""}\n{"text": "fine"}\n')
-    meta = prepare_corpus([str(g)], str(tmp_path / "o3"), tokenizer="byte", workers=1, val_fraction=0.0)
+    meta = prepare_corpus([str(g)], str(tmp_path / "o3"), tokenizer="byte", workers=1, warm_fraction=0.0,
+                          val_fraction=0.0)
     assert meta["counts"] == {"documents": 2, "empty_skipped": 1, "invalid_utf8": 1, "chunks": 2}
-    text = get_tokenizer("byte").decode(open_bin(str(tmp_path / "o3" / "train_raw.bin")))
+    text = get_tokenizer("byte").decode(open_bin(str(tmp_path / "o3" / "boot_raw.bin")))
     assert text == "caf\ufffd ok<|endoftext|>fine<|endoftext|>"
 
 
+def test_documents_split_by_a_hash_of_their_text():
+    texts = [f"document {i}" for i in range(4000)]
+    splits = [split_of(t, 0.2, 0.1) for t in texts]
+    assert splits == [split_of(t, 0.2, 0.1) for t in texts]  # deterministic
+    n = {s: splits.count(s) / len(texts) for s in ("warm", "boot", "val")}
+    assert abs(n["val"] - 0.1) < 0.02 and abs(n["warm"] - 0.2 * 0.9) < 0.02  # warm: a fraction of the non-val ones
+    assert {split_of(t, 1.0, 0.0) for t in texts} == {"warm"} and {split_of(t, 0.0, 0.0) for t in texts} == {"boot"}
+
+
 def test_warm_start_thoughts_join_the_chunk_file(tmp_path):
-    src = corpus(tmp_path, [{"text": TEXT[:400]}, {"text": TEXT[400:900]}])
+    src = corpus(tmp_path, [{"text": TEXT[:400 + 50 * i]} for i in range(12)])
     out = str(tmp_path / "o")
-    prepare_corpus([src], out, tokenizer="byte", workers=1, val_fraction=0.0)
-    chunks = os.path.join(out, "train.chunks.jsonl")
-    ids = [c["id"] for doc in read_chunks(chunks) for c in doc]
-    th = str(tmp_path / "t.jsonl")
-    write_jsonl(th, [{"id": i, "thought": f"Z{i}"} for i in ids])
-    prepare_warm_start(chunks, th, os.path.join(out, "warm_aug.bin"), tokenizer="byte")
+    prepare_corpus([src], out, tokenizer="byte", workers=1, warm_fraction=0.5, val_fraction=0.2)
+    with pytest.raises(FileNotFoundError, match="missing warm.thoughts.jsonl .made by: python -m data.teacher"):
+        check_contract(out)
+    chunk_ids = {s: [c["id"] for doc in read_chunks(os.path.join(out, f"{s}.chunks.jsonl")) for c in doc]
+                 for s in ("warm", "val")}
+    assert chunk_ids["warm"] and chunk_ids["val"] and all(i.startswith("warm") for i in chunk_ids["warm"])
+    th, vth = str(tmp_path / "t.jsonl"), str(tmp_path / "v.jsonl")
+    # the teacher's order and extra fields do not matter: warm.thoughts.jsonl is in chunk order
+    write_jsonl(th, [{"id": i, "thought": f"Z{i}", "usage": 3} for i in reversed(chunk_ids["warm"])])
+    write_jsonl(vth, [{"id": i, "thought": f"V{i}"} for i in chunk_ids["val"]])
+    prepare_warm_start(out, th)
+    assert check_contract(out) == {"val_aug": False, "val_thoughts": False, "boot_gold": False, "eval": False,
+                                   "exemplars": False, "valid": False}
+    assert [r["id"] for _, r in read_jsonl(os.path.join(out, "warm.thoughts.jsonl"))] == chunk_ids["warm"]
     text = get_tokenizer("byte").decode(open_bin(os.path.join(out, "warm_aug.bin")))
-    prior = "<|START_OF_LATENT|><|PRIOR_PREFIX|>Z"
-    post = "<|START_OF_LATENT|><|POSTERIOR_PREFIX|>Z"
-    assert (prior in text or post in text) and text.count("<|endoftext|>") == 2
+    prior = "<|START_OF_LATENT|><|PRIOR_PREFIX|>Zwarm"
+    post = "<|START_OF_LATENT|><|POSTERIOR_PREFIX|>Zwarm"
+    assert (prior in text or post in text) and text.count("<|endoftext|>") == read_meta(out)["bins"]["warm_raw.bin"]["docs"]
+    prepare_warm_start(out, th, vth)
+    assert check_contract(out)["val_aug"]
+    assert "<|PRIOR_PREFIX|>Vval" in get_tokenizer("byte").decode(open_bin(os.path.join(out, "val_aug.bin")))
+    # a thought for a chunk that is not there, or a chunk without a thought: errors naming the chunk
     write_jsonl(th, [{"id": "99:0", "thought": "x"}])
-    with pytest.raises(ValueError, match="t.jsonl:1: chunk id '99:0'"):
-        prepare_warm_start(chunks, th, os.path.join(out, "w2.bin"), tokenizer="byte")
+    with pytest.raises(ValueError, match="t.jsonl:1: chunk id '99:0' is not in"):
+        prepare_warm_start(out, th)
+    write_jsonl(th, [{"id": i, "thought": "x"} for i in chunk_ids["warm"][1:]])
+    with pytest.raises(ValueError, match=f"no thought for chunk '{chunk_ids['warm'][0]}'"):
+        prepare_warm_start(out, th)
+    # preparing the corpus again removes the thoughts of the chunks it replaced
+    prepare_corpus([src], out, tokenizer="byte", workers=1, warm_fraction=0.3, val_fraction=0.2)
+    assert not {"warm_aug.bin", "val_aug.bin", "warm.thoughts.jsonl"} & set(os.listdir(out))
+    assert "warm_aug.bin" not in read_meta(out)["bins"]
+
+
+def test_gsm8k_directory_meets_the_contract(tmp_path):
+    train, test = (os.path.join(SHARED_DATA, "gsm8k", f) for f in ("train.jsonl", "test.jsonl"))
+    if not os.path.exists(train):
+        pytest.skip(f"{train} not found")
+    out = str(tmp_path / "g")
+    prepare_gsm8k(train, out, test=test, tokenizer="gpt2", val_fraction=0.1, limit=40)
+    have = check_contract(out)
+    assert have == {"val_aug": True, "val_thoughts": True, "boot_gold": True, "eval": True, "exemplars": True,
+                    "valid": False}
+    assert filecmp.cmp(test, os.path.join(out, "eval.jsonl"), shallow=False)
+    rows = [r for _, r in zip(range(40), read_jsonl(train))]
+    by_question = {r["question"]: r for _, r in rows}
+    tok = get_tokenizer("gpt2")
+    warm = read_chunks(os.path.join(out, "warm.chunks.jsonl"))
+    ids = list(open_bin(os.path.join(out, "warm_aug.bin"), tokenizer="gpt2"))
+    assert ids.count(tok.eot) == len(warm) > 0
+    # each document: problem and answer in different chunks; the answer chunk's thought is the worked solution
+    for doc, doc_ids in zip(warm, show(tok, ids).split("<|endoftext|>")):
+        q = doc[0]["text"][len("Problem:\n"):-1]
+        r = by_question[q]
+        work, gold = r["answer"].split("####")
+        gold = gold.strip().replace(",", "")
+        assert [c["text"] for c in doc] == [f"Problem:\n{q}\n", f"Final Answer: {gold}\n"]
+        solution = re.sub(r"<<[^>]*>>", "", work).strip()
+        assert "<<" not in solution and solution.split()[0] == work.split()[0]
+        answer = (f"<|START_OF_LATENT|><|PRIOR_PREFIX|>{solution}<|END_OF_LATENT|>Final Answer: {gold}\n",
+                  f"<|START_OF_LATENT|><|END_OF_LATENT|>Final Answer: {gold}\n"
+                  f"<|START_OF_LATENT|><|POSTERIOR_PREFIX|>{solution}<|END_OF_LATENT|>")
+        assert q in doc_ids and doc_ids.endswith(answer)
+    # the boot split's solutions are kept as gold, never in a training bin
+    gold = {r["id"]: r["thought"] for _, r in read_jsonl(os.path.join(out, "boot.gold.jsonl"))}
+    boot = read_chunks(os.path.join(out, "boot.chunks.jsonl"))
+    assert len(gold) == 2 * len(boot) and len(warm) + len(boot) + read_meta(out)["counts"]["val"] == 40
+    # the exemplars read as eval_math.py reads them: problem, thought and gold for the latent prompt
+    ex = [r for _, r in read_jsonl(os.path.join(out, "exemplars.jsonl"))]
+    assert len(ex) == 8 and ex[0]["problem"] == rows[0][1]["question"] and ex[0]["answer"] == "72"
+    assert ex[0]["thought"].startswith("Natalia sold 48/2 = 24 clips") and ex[0]["raw_solution"] == "Final Answer: 72"
+    from eval_math import load_rows
+    shot = load_rows(os.path.join(out, "exemplars.jsonl"))[0]
+    assert (shot["problem"], shot["thought"], shot["gold"]) == (ex[0]["problem"], ex[0]["thought"], "72")
+    assert shot["raw_solution"] == "Final Answer: 72" and load_rows(os.path.join(out, "eval.jsonl"))[0]["gold"]
 
 
 def test_gsm8k_train_as_a_real_corpus(tmp_path):
@@ -105,9 +180,9 @@ def test_gsm8k_train_as_a_real_corpus(tmp_path):
     assert sum(b["docs"] for b in meta["bins"].values()) == n
     for name, info in meta["bins"].items():
         assert info["tokens"] == len(open_bin(str(tmp_path / "g" / name), tokenizer="gpt2"))
-    first = read_chunks(str(tmp_path / "g" / "train.chunks.jsonl"))[0]
+    first = read_chunks(str(tmp_path / "g" / "boot.chunks.jsonl"))[0]
     tok = get_tokenizer("gpt2")
-    ids = list(open_bin(str(tmp_path / "g" / "train_raw.bin")))
+    ids = list(open_bin(str(tmp_path / "g" / "boot_raw.bin")))
     assert tok.decode(ids[:ids.index(tok.eot)]) == "".join(c["text"] for c in first)
 
 
@@ -118,16 +193,16 @@ def snapshot(d):
 def test_another_tokenizer_replaces_nothing_and_bins_must_match_meta(tmp_path):
     src = corpus(tmp_path, [{"text": TEXT[:300]}, {"text": TEXT[300:700]}])
     out = str(tmp_path / "o")
-    prepare_corpus([src], out, tokenizer="gpt2", workers=1, val_fraction=0.0)
+    prepare_corpus([src], out, tokenizer="gpt2", workers=1, warm_fraction=0.0, val_fraction=0.0)
     before = snapshot(out)
     with pytest.raises(ValueError, match="meta.json: tokenizer 'gpt2', but writing 'byte' bins"):
         prepare_corpus([src], out, tokenizer="byte", workers=1, val_fraction=0.0)
     assert snapshot(out) == before  # checked before anything was written; no .tmp left either
     # a bin that is not the one meta.json describes is an error naming it
-    with open(os.path.join(out, "train_raw.bin"), "ab") as f:
+    with open(os.path.join(out, "boot_raw.bin"), "ab") as f:
         f.write(b"\0\0" * 5)
-    with pytest.raises(ValueError, match=r"train_raw.bin: \d+ tokens, but meta.json beside it records \d+"):
-        open_bin(os.path.join(out, "train_raw.bin"))
+    with pytest.raises(ValueError, match=r"boot_raw.bin: \d+ tokens, but meta.json beside it records \d+"):
+        open_bin(os.path.join(out, "boot_raw.bin"))
 
 
 class FullDisk:
@@ -169,7 +244,7 @@ def test_truncated_or_corrupt_gzip_input_names_the_file(tmp_path):
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(ValueError, match=rf"{name}:\d+: truncated or corrupt gzip data"):
             prepare_corpus([str(tmp_path / name)], str(tmp_path / "o"), tokenizer="byte", workers=1)
-        assert not os.path.exists(tmp_path / "o" / "train_raw.bin")
+        assert not os.path.exists(tmp_path / "o" / "boot_raw.bin")
 
 
 def test_bad_chunk_files_are_errors_naming_file_and_line(tmp_path):
