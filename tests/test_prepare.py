@@ -261,3 +261,13 @@ def test_bad_chunk_files_are_errors_naming_file_and_line(tmp_path):
         f.write(b'{"id": "0:2", "doc": 0, "idx": 2, "text": "caf\xe9"}\n')
     with pytest.raises(ValueError, match="c.chunks.jsonl:3: not valid UTF-8"):
         read_chunks(p)
+
+
+def test_the_embedded_corpus_meets_the_contract(tmp_path):
+    from data.mathworld import prepare
+    prepare(str(tmp_path / "m"), n_docs=20, n_val_docs=4, n_eval=4)
+    assert check_contract(str(tmp_path / "m")) == {"val_aug": True, "val_thoughts": True, "boot_gold": True,
+                                                   "eval": True, "exemplars": True, "valid": False}
+    os.remove(tmp_path / "m" / "warm_aug.bin")
+    with pytest.raises(FileNotFoundError, match="missing warm_aug.bin .made by: python -m data.prepare warm"):
+        check_contract(str(tmp_path / "m"))
