@@ -1,16 +1,19 @@
 """
 A GPT-2-architecture language model in plain PyTorch (nanoGPT-style), plus what the EM loop needs from it:
+(a few GPTConfig switches turn its blocks into Llama's: rotary positions, RMSNorm, SwiGLU, grouped-query attention)
 
 - `GPT.generate`: batched sampling with a hand-written KV cache. Prompts of different lengths in one call,
   one prefill per prompt shared by its K samples (the E-step's K thoughts), per-row stop tokens, and the
   log-prob of every sampled token (the E-step's log q(Z | X, P)).
 - `GPT.score`: teacher-forced sums of log-probs over a suffix of each sequence (the E-step's log p(Z, X | P)).
-- checkpoints (one file), `GPT.from_pretrained` for a local Hugging Face GPT-2 directory, and an MFU estimate.
+- checkpoints (one file), `GPT.from_pretrained` for a local Hugging Face GPT-2 or Llama directory, `export_hf`
+  back to one (`python -m model export --ckpt=CKPT.pt --out=DIR`), and an MFU estimate.
 """
 import json
 import math
 import os
 import struct
+import sys
 from dataclasses import dataclass, asdict
 
 import torch
@@ -27,6 +30,32 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    # the defaults above and below are GPT-2; Llama is rope_theta=10000.0, norm="rmsnorm", norm_eps=1e-6,
+    # mlp="swiglu", bias=False, tie_embeddings=False (and often n_kv_head < n_head)
+    rope_theta: float = 0.0  # > 0: rotary positions with this base, and no learned position embedding
+    norm: str = "layernorm"  # or "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # or "swiglu": c_proj(silu(gate) * up)
+    n_inner: int = 0  # MLP hidden width; 0: 4 * n_embd
+    n_kv_head: int = 0  # key/value heads, fewer than n_head for grouped-query attention; 0: n_head
+    tie_embeddings: bool = True  # lm_head shares wte's weight
+
+    def __post_init__(self):
+        # spell out the 0 defaults, so code reads one value (checkpoints saved before these fields load as GPT-2)
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.n_inner = self.n_inner or 4 * self.n_embd
+
+
+def make_norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rotate(x, cos, sin):
+    # rotary embedding in the "halves" layout Hugging Face's Llama uses: pairs are (i, i + hs/2), not adjacent
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,24 +63,34 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.n_kv_head = config.n_kv_head
+        assert config.n_head % self.n_kv_head == 0
+        hs = config.n_embd // config.n_head
+        # one fused projection: n_head query heads, then n_kv_head key heads and as many value heads
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * self.n_kv_head) * hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
-    def forward(self, x, cache=None, layer=0, mask=None):
+    def forward(self, x, cache=None, layer=0, mask=None, rope=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split([C, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv_head, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
+        if rope is not None:
+            cos, sin = (t.to(q.dtype) for t in rope)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # keys are cached already rotated
         if cache is not None:
-            k, v = cache.insert(layer, k, v)  # (B, nh, S, hs): everything cached so far, this step included
+            k, v = cache.insert(layer, k, v)  # (B, nkv, S, hs): everything cached so far, this step included
         dropout = self.dropout if self.training else 0.0
+        gqa = self.n_kv_head != self.n_head  # query head h reads key/value head h // (nh / nkv)
         if mask is None:
             # no cache and no padding: the fused (flash) causal kernel
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
         else:
             # is_causal aligns its triangle top-left, wrong once keys include a cached prefix: explicit mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -60,11 +99,17 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        n = config.n_inner
+        self.swiglu = config.mlp == "swiglu"
+        # SwiGLU's gate and up projections are one fused c_fc, gate rows first
+        self.c_fc = nn.Linear(config.n_embd, 2 * n if self.swiglu else n, bias=config.bias)
+        self.c_proj = nn.Linear(n, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            return self.dropout(self.c_proj(F.silu(gate) * up))
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
@@ -72,20 +117,21 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0, mask=None):
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+    def forward(self, x, cache=None, layer=0, mask=None, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
 class KVCache:
     """
-    Preallocated keys/values for every layer, (L, B, nh, T, hs). All rows share one write column `pos`:
-    prompts are left-padded so they end together, and padding is hidden by the attention mask.
+    Preallocated keys/values for every layer, (L, B, nkv, T, hs), nkv the key/value heads (fewer than the query
+    heads under grouped-query attention). All rows share one write column `pos`: prompts are left-padded so
+    they end together, and padding is hidden by the attention mask.
     """
 
     def __init__(self, n_layer, B, n_head, T, head_dim, dtype, device):
@@ -111,17 +157,27 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        for key, values in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu"))):
+            if getattr(config, key) not in values:
+                raise ValueError(f"GPTConfig.{key}={getattr(config, key)!r}: expected one of {values}")
         self.config = config
         self.padded_vocab = (config.vocab_size + 63) // 64 * 64
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(self.padded_vocab, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config),
         ))
+        if config.rope_theta > 0:
+            hs = config.n_embd // config.n_head
+            # rotary frequencies theta^(-2i/hs); a buffer, not a weight: not in the state dict
+            inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float) / hs)
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        else:
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, self.padded_vocab, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied input/output embeddings (GPT-2)
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # tied input/output embeddings (GPT-2)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
@@ -137,7 +193,7 @@ class GPT(nn.Module):
 
     def get_num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     def forward(self, idx, targets=None, pos=None, cache=None, mask=None, last_only=False):
         """
@@ -149,9 +205,17 @@ class GPT(nn.Module):
         if pos is None:
             assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
             pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        rope = None
+        if self.config.rope_theta > 0:
+            # rotary angles from the given positions (never an arange: cached and left-padded rows need theirs)
+            freqs = pos.float()[..., None] * self.inv_freq  # (T or B, T, hs/2)
+            angles = torch.cat((freqs, freqs), dim=-1).unsqueeze(-3)  # broadcasts over heads: (1 or B, 1, T, hs)
+            rope = (angles.cos(), angles.sin())
+            x = self.transformer.drop(self.transformer.wte(idx))
+        else:
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, mask)
+            x = block(x, cache, i, mask, rope)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -182,7 +246,7 @@ class GPT(nn.Module):
         hd = self.config.n_embd // self.config.n_head
         dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
             else self.lm_head.weight.dtype
-        cache = KVCache(self.config.n_layer, len(H), self.config.n_head, Pm + Tm, hd, dtype, device)
+        cache = KVCache(self.config.n_layer, len(H), self.config.n_kv_head, Pm + Tm, hd, dtype, device)
         idx = torch.zeros(len(H), Pm, dtype=torch.long)
         for i, h in enumerate(H):
             idx[i, Pm - len(h):] = torch.tensor(h)
@@ -271,7 +335,7 @@ class GPT(nn.Module):
             hd = self.config.n_embd // self.config.n_head
             dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
                 else self.lm_head.weight.dtype
-            cache = KVCache(self.config.n_layer, N, self.config.n_head, P + max_new_tokens, hd, dtype, device)
+            cache = KVCache(self.config.n_layer, N, self.config.n_kv_head, P + max_new_tokens, hd, dtype, device)
             q_cols = col[:P]
             logits, _ = self(idx, pos=positions(q_cols, pad), cache=cache, mask=mask_for(q_cols, valid), last_only=True)
             rep = torch.arange(N, device=device).repeat_interleave(K)
