@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint, peak_flops, estimate_mfu
+from model import GPT, GPTConfig, export_hf, load_checkpoint, save_checkpoint, peak_flops, estimate_mfu
 
 V = 70  # not a multiple of 64: exercises the padded embedding rows
 # Llama's switches; 4 query heads share 2 key/value heads, and the MLP width is not 4 * n_embd
@@ -296,3 +296,67 @@ def test_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
         json.dump({**base, **hf_defaults, key: value}, open(cfg_path, "w"))
         with pytest.raises(ValueError, match=f"config.json: {key}={value!r} is not implemented"):
             GPT.from_pretrained(d, tok)
+
+
+class StandIn:
+    """A tokenizer as from_pretrained sees it: a size (a Llama checkpoint's own tokenizer is not implemented)."""
+    n_vocab = V
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["llama-tied", "gpt2-nobias"])
+def test_export_then_from_pretrained_is_exact(tmp_path, family):
+    # the writer and reader of Hugging Face directories agree, without the transformers package (tests/test_hf.py
+    # checks both against transformers); a sharded copy of the same weights loads the same
+    kw = {"llama-tied": dict(tie_embeddings=True), "gpt2-nobias": dict(bias=False)}.get(family, {})
+    m = tiny(family.split("-")[0], **kw)
+    export_hf(m, None, str(tmp_path / "hf"))
+    hf = json.load(open(tmp_path / "hf" / "config.json"))
+    assert hf["architectures"] == ["LlamaForCausalLM" if family.startswith("llama") else "GPT2LMHeadModel"]
+    m2 = GPT.from_pretrained(str(tmp_path / "hf"), StandIn).eval()
+    assert m2.config == m.config or family == "gpt2-nobias"  # GPT-2 has biases: bias=False exports zeros
+    x = torch.tensor([PROMPTS[1], PROMPTS[1][::-1]])
+    assert torch.allclose(m(x)[0][..., :V], m2(x)[0][..., :V], atol=1e-6)
+    if family == "llama":
+        from model import _read_safetensors, _write_safetensors
+        sd = _read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
+        names = sorted(sd)
+        shards = {"model-00001-of-00002.safetensors": names[:5], "model-00002-of-00002.safetensors": names[5:]}
+        os.makedirs(tmp_path / "sharded")
+        for f, keys in shards.items():
+            _write_safetensors(str(tmp_path / "sharded" / f), {k: sd[k] for k in keys})
+        json.dump({"weight_map": {k: f for f, keys in shards.items() for k in keys}},
+                  open(tmp_path / "sharded" / "model.safetensors.index.json", "w"))
+        json.dump(hf, open(tmp_path / "sharded" / "config.json", "w"))
+        m3 = GPT.from_pretrained(str(tmp_path / "sharded"), StandIn).eval()
+        assert torch.equal(m2(x)[0], m3(x)[0])
+
+
+def test_export_refuses_a_mix_of_families(tmp_path):
+    with pytest.raises(ValueError, match="mixes the GPT-2 and Llama switches"):
+        export_hf(tiny("gpt2", rope_theta=10000.0), None, str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="mixes"):
+        export_hf(tiny("llama", bias=True), None, str(tmp_path / "hf"))
+
+
+def test_llama_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
+    d = str(tmp_path / "llama")
+    export_hf(tiny("llama"), None, d)
+    cfg_path = os.path.join(d, "config.json")
+    base = json.load(open(cfg_path))
+    # transformers' Llama config.json spells out its defaults: they load
+    json.dump({**base, "pretraining_tp": 1, "attention_dropout": 0.0, "sliding_window": None}, open(cfg_path, "w"))
+    GPT.from_pretrained(d, StandIn)
+    refused = [("rope_scaling", {"rope_type": "llama3", "factor": 8.0}), ("sliding_window", 4096),
+               ("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu"), ("head_dim", 64),
+               ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})]
+    for key, value in refused:
+        json.dump({**base, key: value}, open(cfg_path, "w"))
+        with pytest.raises(ValueError, match=f"config.json: {key}="):
+            GPT.from_pretrained(d, StandIn)
+    json.dump(base, open(cfg_path, "w"))
+    # the tokenizer must cover the checkpoint's vocabulary, and this project's tokenizers are not Llama's
+    with pytest.raises(ValueError, match="vocab_size=70 is more than the tokenizer's 69"):
+        GPT.from_pretrained(d, type("Small", (), {"n_vocab": V - 1}))
+    from data.tokenizer import get_tokenizer
+    with pytest.raises(NotImplementedError, match="tokenizer"):
+        GPT.from_pretrained(d, get_tokenizer("gpt2"))
