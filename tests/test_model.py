@@ -1,5 +1,6 @@
 """model.py: cached sampling == uncached, log-probs == a full forward, shared prefill == independent prefills,
-stop tokens, seeds, scoring == a slow reference, checkpoints, from_pretrained."""
+stop tokens, seeds, scoring == a slow reference, checkpoints, from_pretrained. The sampling and scoring tests run
+for both block families: GPT-2 and Llama (rotary positions, RMSNorm, SwiGLU, grouped-query attention)."""
 import json
 import os
 import struct
@@ -8,14 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint, peak_flops, estimate_mfu
+from model import GPT, GPTConfig, export_hf, load_checkpoint, save_checkpoint, peak_flops, estimate_mfu
 
 V = 70  # not a multiple of 64: exercises the padded embedding rows
+# Llama's switches; 4 query heads share 2 key/value heads, and the MLP width is not 4 * n_embd
+LLAMA = dict(rope_theta=10000.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", n_inner=48, n_head=4, n_kv_head=2,
+             bias=False, tie_embeddings=False)
+FAMILIES = ["gpt2", "llama"]
 
 
-def tiny(seed=0, **kw):
+def tiny(family="gpt2", seed=0, **kw):
     torch.manual_seed(seed)
     cfg = dict(block_size=96, vocab_size=V, n_layer=2, n_head=2, n_embd=32)
+    if family == "llama":
+        cfg.update(LLAMA)
     cfg.update(kw)
     return GPT(GPTConfig(**cfg)).eval()
 
@@ -29,8 +36,9 @@ def full_logprobs(model, ids):
     return F.log_softmax(logits[0, :, :V].float(), -1)
 
 
-def test_cached_greedy_equals_uncached_on_ragged_batch():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_greedy_equals_uncached_on_ragged_batch(family):
+    m = tiny(family)
     a_tok, a_lp, _ = m.generate(PROMPTS, max_new_tokens=40, temperature=0)
     b_tok, b_lp, _ = m.generate(PROMPTS, max_new_tokens=40, temperature=0, use_cache=False)
     assert a_tok == b_tok
@@ -39,9 +47,10 @@ def test_cached_greedy_equals_uncached_on_ragged_batch():
         assert m.generate([p], max_new_tokens=40, temperature=0)[0][0] == toks
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("temperature", [0, 1.0])
-def test_logprobs_equal_full_forward(temperature):
-    m = tiny()
+def test_logprobs_equal_full_forward(family, temperature):
+    m = tiny(family)
     toks, lps, _ = m.generate(PROMPTS, num_samples=2, max_new_tokens=30, temperature=temperature, seed=3)
     for r, (t, lp) in enumerate(zip(toks, lps)):
         p = PROMPTS[r // 2]
@@ -50,16 +59,18 @@ def test_logprobs_equal_full_forward(temperature):
         assert torch.allclose(torch.tensor(lp), expect, atol=1e-4)
 
 
-def test_temperature_scales_the_recorded_distribution():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_temperature_scales_the_recorded_distribution(family):
+    m = tiny(family)
     toks, lps, _ = m.generate(PROMPTS[:1], max_new_tokens=10, temperature=0.5, seed=0)
     ref = F.log_softmax(m(torch.tensor([PROMPTS[0] + toks[0]]))[0][0, :, :V].float() / 0.5, -1)
     expect = [ref[len(PROMPTS[0]) - 1 + i, t].item() for i, t in enumerate(toks[0])]
     assert torch.allclose(torch.tensor(lps[0]), torch.tensor(expect), atol=1e-4)
 
 
-def test_shared_prefill_matches_independent_prefills():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefill_matches_independent_prefills(family):
+    m = tiny(family)
     K = 4
     shared = m.generate(PROMPTS, num_samples=K, max_new_tokens=25, temperature=1.0, seed=7)
     separate = m.generate([p for p in PROMPTS for _ in range(K)], num_samples=1, max_new_tokens=25,
@@ -71,8 +82,9 @@ def test_shared_prefill_matches_independent_prefills():
     assert len({tuple(t) for t in shared[0][:K]}) > 1
 
 
-def test_stop_tokens_end_rows_independently():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stop_tokens_end_rows_independently(family):
+    m = tiny(family)
     stop = list(range(0, V, 3))  # a third of the vocabulary: rows stop at different steps
     toks, lps, fin = m.generate(PROMPTS, num_samples=3, max_new_tokens=50, temperature=1.0, stop_tokens=stop, seed=1)
     lengths = [len(t) for t in toks]
@@ -85,9 +97,10 @@ def test_stop_tokens_end_rows_independently():
     assert all(len(t) == 17 for t in toks) and not any(fin)
 
 
-def test_rows_dropped_mid_decode_keep_their_tokens():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_dropped_mid_decode_keep_their_tokens(family):
     # many rows stop early and are compacted out of the batch; the survivors must match a run without stops
-    m = tiny()
+    m = tiny(family)
     toks, _, _ = m.generate(PROMPTS, num_samples=4, max_new_tokens=60, temperature=0)
     first = toks[0][0]
     stopped = m.generate(PROMPTS, num_samples=4, max_new_tokens=60, temperature=0, stop_tokens=[first])
@@ -96,16 +109,18 @@ def test_rows_dropped_mid_decode_keep_their_tokens():
         assert cut == full[:n]
 
 
-def test_seeded_sampling_is_reproducible():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_seeded_sampling_is_reproducible(family):
+    m = tiny(family)
     a = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=123)
     b = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=123)
     c = m.generate(PROMPTS, num_samples=2, max_new_tokens=20, seed=124)
     assert a[0] == b[0] and a[1] == b[1] and a[0] != c[0]
 
 
-def test_top_k_and_banned_tokens():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_top_k_and_banned_tokens(family):
+    m = tiny(family)
     toks, lps, _ = m.generate(PROMPTS, num_samples=3, max_new_tokens=20, temperature=1.0, top_k=1, seed=0)
     greedy, _, _ = m.generate(PROMPTS, max_new_tokens=20, temperature=0)
     assert toks[::3] == greedy and all(abs(x) < 1e-6 for r in lps for x in r)  # top-1 is a point mass
@@ -116,14 +131,16 @@ def test_top_k_and_banned_tokens():
     assert all(0 <= t < V for r in toks for t in r)
 
 
-def test_prompt_too_long_is_a_clear_error():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_too_long_is_a_clear_error(family):
+    m = tiny(family)
     with pytest.raises(ValueError, match="block_size"):
         m.generate([[1] * 90], max_new_tokens=10)
 
 
-def test_score_equals_slow_reference():
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_score_equals_slow_reference(family):
+    m = tiny(family)
     seqs = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [5, 5]]
     starts = [2, 1, 5, 1]
     got = m.score(seqs, starts)
@@ -135,10 +152,11 @@ def test_score_equals_slow_reference():
         m.score([[1, 2]], [0])
 
 
-def test_shared_head_scoring_is_exact():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_head_scoring_is_exact(family):
     """K rows with one head (an E-step chunk's P) share one prefill; the sums equal a full forward of each row,
     with heads of different lengths, empty and long tails, and a head shared by rows that are not adjacent."""
-    m = tiny()
+    m = tiny(family)
     P1, P2 = [1, 2, 3, 4, 5, 6, 7], [9, 8]
     seqs = [P1 + [10, 11, 12], P2 + [13], P1 + [14] * 20, P2 + [15, 16, 17, 18], P1, [3, 3, 3, 3],
             P2 + [19] * 80, [2] * 85 + [3, 4]]  # a short head with a long tail beside a long head: block_size 96
@@ -150,8 +168,9 @@ def test_shared_head_scoring_is_exact():
         assert abs(g.item() - expect) < 1e-4, (s, st, g.item(), expect)
 
 
-def test_checkpoint_roundtrip_and_compiled_prefix(tmp_path):
-    m = tiny()
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpoint_roundtrip_and_compiled_prefix(family, tmp_path):
+    m = tiny(family)
     sd = {"_orig_mod." + k: v for k, v in m.state_dict().items()}  # as saved from a torch.compile'd model
     path = str(tmp_path / "ckpt.pt")
     save_checkpoint(path, {"model": sd, "model_args": vars(m.config), "tokenizer": "byte", "latent": True})
@@ -169,6 +188,16 @@ def test_checkpoint_roundtrip_and_compiled_prefix(tmp_path):
     for name in ("notes.pt", "cut.pt", "list.pt"):
         with pytest.raises(ValueError, match=f"{name}: not"):
             load_checkpoint(str(tmp_path / name))
+
+
+def test_checkpoints_saved_before_the_llama_switches_load_as_gpt2(tmp_path):
+    old_args = dict(block_size=96, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
+    m = tiny()
+    path = str(tmp_path / "old.pt")
+    save_checkpoint(path, {"model": m.state_dict(), "model_args": old_args, "tokenizer": "byte"})
+    m2, _ = load_checkpoint(path)
+    assert m2.config == m.config and "transformer.wpe.weight" in m2.state_dict()
+    assert m2.lm_head.weight is m2.transformer.wte.weight
 
 
 def _write_hf_gpt2(path, n_layer=2, n_head=2, n_embd=32, vocab=50257, n_pos=64, fmt="safetensors"):
@@ -267,3 +296,67 @@ def test_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
         json.dump({**base, **hf_defaults, key: value}, open(cfg_path, "w"))
         with pytest.raises(ValueError, match=f"config.json: {key}={value!r} is not implemented"):
             GPT.from_pretrained(d, tok)
+
+
+class StandIn:
+    """A tokenizer as from_pretrained sees it: a size (a Llama checkpoint's own tokenizer is not implemented)."""
+    n_vocab = V
+
+
+@pytest.mark.parametrize("family", FAMILIES + ["llama-tied", "gpt2-nobias"])
+def test_export_then_from_pretrained_is_exact(tmp_path, family):
+    # the writer and reader of Hugging Face directories agree, without the transformers package (tests/test_hf.py
+    # checks both against transformers); a sharded copy of the same weights loads the same
+    kw = {"llama-tied": dict(tie_embeddings=True), "gpt2-nobias": dict(bias=False)}.get(family, {})
+    m = tiny(family.split("-")[0], **kw)
+    export_hf(m, None, str(tmp_path / "hf"))
+    hf = json.load(open(tmp_path / "hf" / "config.json"))
+    assert hf["architectures"] == ["LlamaForCausalLM" if family.startswith("llama") else "GPT2LMHeadModel"]
+    m2 = GPT.from_pretrained(str(tmp_path / "hf"), StandIn).eval()
+    assert m2.config == m.config or family == "gpt2-nobias"  # GPT-2 has biases: bias=False exports zeros
+    x = torch.tensor([PROMPTS[1], PROMPTS[1][::-1]])
+    assert torch.allclose(m(x)[0][..., :V], m2(x)[0][..., :V], atol=1e-6)
+    if family == "llama":
+        from model import _read_safetensors, _write_safetensors
+        sd = _read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
+        names = sorted(sd)
+        shards = {"model-00001-of-00002.safetensors": names[:5], "model-00002-of-00002.safetensors": names[5:]}
+        os.makedirs(tmp_path / "sharded")
+        for f, keys in shards.items():
+            _write_safetensors(str(tmp_path / "sharded" / f), {k: sd[k] for k in keys})
+        json.dump({"weight_map": {k: f for f, keys in shards.items() for k in keys}},
+                  open(tmp_path / "sharded" / "model.safetensors.index.json", "w"))
+        json.dump(hf, open(tmp_path / "sharded" / "config.json", "w"))
+        m3 = GPT.from_pretrained(str(tmp_path / "sharded"), StandIn).eval()
+        assert torch.equal(m2(x)[0], m3(x)[0])
+
+
+def test_export_refuses_a_mix_of_families(tmp_path):
+    with pytest.raises(ValueError, match="mixes the GPT-2 and Llama switches"):
+        export_hf(tiny("gpt2", rope_theta=10000.0), None, str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="mixes"):
+        export_hf(tiny("llama", bias=True), None, str(tmp_path / "hf"))
+
+
+def test_llama_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
+    d = str(tmp_path / "llama")
+    export_hf(tiny("llama"), None, d)
+    cfg_path = os.path.join(d, "config.json")
+    base = json.load(open(cfg_path))
+    # transformers' Llama config.json spells out its defaults: they load
+    json.dump({**base, "pretraining_tp": 1, "attention_dropout": 0.0, "sliding_window": None}, open(cfg_path, "w"))
+    GPT.from_pretrained(d, StandIn)
+    refused = [("rope_scaling", {"rope_type": "llama3", "factor": 8.0}), ("sliding_window", 4096),
+               ("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu"), ("head_dim", 64),
+               ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})]
+    for key, value in refused:
+        json.dump({**base, key: value}, open(cfg_path, "w"))
+        with pytest.raises(ValueError, match=f"config.json: {key}="):
+            GPT.from_pretrained(d, StandIn)
+    json.dump(base, open(cfg_path, "w"))
+    # the tokenizer must cover the checkpoint's vocabulary, and this project's tokenizers are not Llama's
+    with pytest.raises(ValueError, match="vocab_size=70 is more than the tokenizer's 69"):
+        GPT.from_pretrained(d, type("Small", (), {"n_vocab": V - 1}))
+    from data.tokenizer import get_tokenizer
+    with pytest.raises(NotImplementedError, match="tokenizer"):
+        GPT.from_pretrained(d, get_tokenizer("gpt2"))

@@ -1,0 +1,136 @@
+"""model.py against the transformers package itself: Hugging Face GPT-2 and Llama checkpoints load here with equal
+logits and equal greedy generations, and export_hf writes directories that transformers loads with equal logits
+(a model loaded from Hugging Face, and a checkpoint trained here, with its tokenizer)."""
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (optional: pip install transformers safetensors); "
+                           "tests/test_model.py checks the same loaders and exporter against hand-written weights")
+
+from model import GPT, GPTConfig, export_hf, model_args, save_checkpoint  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+V = 300  # the checkpoints' vocabulary; ours adds the four latent tokens
+TOK = SimpleNamespace(n_vocab=V + 4)  # a stand-in tokenizer: only its size matters for loading weights
+
+
+def hf_model(family):
+    """A small random transformers model. The init is wider than the default so greedy argmaxes are not near ties."""
+    torch.manual_seed(0)
+    no_ids = dict(bos_token_id=None, eos_token_id=None, pad_token_id=None)  # generation never stops early
+    if family == "gpt2":
+        cfg = transformers.GPT2Config(vocab_size=V, n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                                      initializer_range=0.2, **no_ids)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                       rope_theta=500.0, rms_norm_eps=1e-5, initializer_range=0.2,
+                                       tie_word_embeddings=family == "llama-tied", **no_ids)
+        model = transformers.LlamaForCausalLM(cfg)
+        with torch.no_grad():  # RMSNorm weights start at 1: move them so a swapped norm weight would show
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.add_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+def hf_load(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def logits_equal(ours, theirs, ids):
+    with torch.no_grad():
+        a = ours(ids)[0][..., :V]
+        b = theirs(ids).logits[..., :V]
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+FAMILIES = ["gpt2", "llama", "llama-tied"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hf_checkpoint_loads_and_exports_back(tmp_path, family):
+    hf = hf_model(family)
+    hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    ours = GPT.from_pretrained(str(tmp_path / "hf"), TOK).eval()
+    assert ours.config.tie_embeddings == (family != "llama")
+    ids = torch.randint(0, V, (3, 40), generator=torch.Generator().manual_seed(1))
+    logits_equal(ours, hf, ids)
+
+    # greedy decoding: our cached, left-padded batch against transformers' generate on each prompt alone
+    prompts = [[5, 17, 42], [7] * 9 + [250, 3], [99]]
+    toks, _, _ = ours.generate(prompts, max_new_tokens=24, temperature=0)
+    for p, t in zip(prompts, toks):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False, attention_mask=None)
+        assert t == ref[0, len(p):].tolist()
+
+    # and back: our export loads in transformers with the same logits
+    export_hf(ours, None, str(tmp_path / "out"))
+    assert not os.path.exists(tmp_path / "out" / "vocab.json")  # no tokenizer of ours to write
+    logits_equal(ours, hf_load(str(tmp_path / "out")), ids)
+
+
+def test_sharded_and_bf16_llama_checkpoints_load(tmp_path):
+    hf = hf_model("llama")
+    hf.save_pretrained(tmp_path / "shards", safe_serialization=True, max_shard_size="40KB")
+    assert os.path.exists(tmp_path / "shards" / "model.safetensors.index.json")
+    assert len([f for f in os.listdir(tmp_path / "shards") if f.endswith(".safetensors")]) > 1
+    ids = torch.randint(0, V, (2, 30), generator=torch.Generator().manual_seed(2))
+    logits_equal(GPT.from_pretrained(str(tmp_path / "shards"), TOK).eval(), hf, ids)
+    # bfloat16 files: compared with transformers reading the same file as float32 (a bfloat16 model cast back to
+    # float32 would keep its rotary frequencies rounded to bfloat16)
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", safe_serialization=True)
+    logits_equal(GPT.from_pretrained(str(tmp_path / "bf16"), TOK).eval(), hf_load(str(tmp_path / "bf16")), ids)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("tok_name", ["byte", "gpt2"])
+def test_trained_checkpoint_exports_to_transformers(tmp_path, family, tok_name):
+    """A few training steps here, saved as a checkpoint, exported by `python -m model export`, loaded by
+    transformers: equal logits, and the tokenizer encodes as ours does."""
+    from data.tokenizer import get_tokenizer
+    tok = get_tokenizer(tok_name)
+    cfg = dict(block_size=64, vocab_size=tok.n_vocab, n_layer=2, n_head=4, n_embd=32)
+    if family == "llama":
+        cfg.update(rope_theta=10000.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", n_inner=80, n_kv_head=2,
+                   bias=False, tie_embeddings=False)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**cfg))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    data = torch.tensor(tok.encode("the latent thoughts behind a text explain how it was written. " * 12))
+    for _ in range(3):
+        x = torch.stack([data[i:i + 32] for i in (0, 7, 19)])
+        y = torch.stack([data[i + 1:i + 33] for i in (0, 7, 19)])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    ckpt = str(tmp_path / "ckpt.pt")
+    save_checkpoint(ckpt, {"model": model.state_dict(), "model_args": model_args(model.config), "tokenizer": tok_name})
+    out = str(tmp_path / "hf")
+    subprocess.run([sys.executable, "-m", "model", "export", f"--ckpt={ckpt}", f"--out={out}"], cwd=ROOT, check=True,
+                   capture_output=True)
+    hf = hf_load(out)
+    assert type(hf).__name__ == ("GPT2LMHeadModel" if family == "gpt2" else "LlamaForCausalLM")
+    ids = torch.randint(0, tok.n_vocab, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(model(ids)[0][..., :tok.n_vocab], hf(ids).logits, atol=1e-4)
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Hello wörld 123\n\t x  <|START_OF_LATENT|> é😀"
+    # documents are encoded without parsing special-token strings, which is split_special_tokens in transformers
+    assert hf_tok(text, split_special_tokens=True).input_ids == tok.encode(text)
+    assert hf_tok.decode(tok.encode(text)) == text
+    latent = ["<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>", "<|POSTERIOR_PREFIX|>"]
+    assert hf_tok.convert_tokens_to_ids(latent) == tok.latent_ids
+    assert hf_tok("a" + "".join(latent)).input_ids == tok.encode("a") + tok.latent_ids
+    assert hf_tok.eos_token_id == tok.eot and len(hf_tok) == tok.n_vocab
