@@ -27,7 +27,7 @@ import time
 import torch
 
 from configurator import defaults_of, parse_args
-from data.files import atomic_open, build_augmented_bin, open_bin, read_meta, write_json
+from data.files import atomic_open, build_augmented_bin, check_contract, open_bin, read_meta, write_json
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
 from eval_math import evaluate
@@ -39,27 +39,36 @@ run_dir = "runs/default"
 iters = 3
 force = False
 seed = 0
-# the corpus: the embedded math world (data/mathworld.py)
+# the corpus: the embedded math world (data/mathworld.py), or data_dir
+data_dir = ""             # a prepared directory of your own (data/files.py: the contract) instead of the embedded world
 data_seed = 0
 n_docs = 2000             # warm start + bootstrap documents
+problems_per_doc = (3, 5) # problems per document (min, max)
+families = ("chain", "total", "word")  # problem families (data/mathworld.py: FAMILIES)
+max_level = 2             # problems have 2 to max_level + 1 steps
 warm_fraction = 0.2       # the share with teacher thoughts (method.md: warm start)
 teacher_error_rate = 0.0  # the fraction of teacher thoughts with a wrong step
+tokenizer = "mathworld"   # mathworld (BPE fitted to the corpus) | byte
 # M-step (train.py): a preset, and the budget every training gets (method.md: the same budget every iteration)
 train_config = "config/train_mathworld.py"
 train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
-mstep_epochs = 18.0       # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap); at 6 the
-                          # default model is too undertrained to use thoughts at all (README, Results)
+base_epochs = 2.0         # pretrain the base on the background text for this many passes (0 = a fresh init)
+mstep_epochs = 3.5        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap)
+m0_epochs = 8.0           # M_0's budget, in passes over the warm-start split (method.md: the paper's is small)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 # E-step (sample_thoughts.py)
 K = 4
 selection = "importance"  # importance | uniform | argmax
-n_prefix = 3              # prefix chunks given to the posterior (method.md: 3 when bootstrapping)
-max_thought_tokens = 96
+n_prefix = 1              # prefix chunks given to the posterior (method.md: 3 when bootstrapping; README, Results)
+max_thought_tokens = 48
 estep_batch = 128         # chunks per batch (each with K rows)
 # evaluation (eval_math.py)
+eval_split = "valid"      # valid: problems for choosing settings | eval: the held-out evaluation set
+eval_data = ""            # any MATH- or GSM8K-shaped jsonl instead of the data directory's {eval_split}.jsonl
+eval_exemplars = ""       # its few-shot exemplars ("" = the data directory's exemplars.jsonl, or GSM8K's train.jsonl)
 eval_shots = 2
 eval_limit = 0            # 0 = every problem of the evaluation set
-eval_max_new_tokens = 96
+eval_max_new_tokens = 64
 eval_batch = 128
 baselines = True          # raw-token-match and raw-FLOP-match
 oracle = False            # also train on the bootstrap split with its GOLD thoughts: what a perfect E-step would give
@@ -68,6 +77,7 @@ em = True                 # the warm start and the EM iterations (--em=False: on
 threads = 0               # torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy CPU)
 reuse_from = ""           # another run_dir whose corpus, M_0 and baselines this run shares (K / selection ablations)
 stop_after = ""           # stop after the stage of this name (to test resuming)
+gpu_preset = True         # on a GPU, apply config/em_gpu.py first (unless a config file is given)
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_of(globals())
 
@@ -89,22 +99,50 @@ def barrier():
 def stage_config(cfg, name):
     """The settings a stage's result depends on. A rerun that asks for other ones is stopped, not served the old
     result (--K=1 on a finished K=4 run_dir would otherwise print the K=4 table)."""
-    keys = ["data_seed", "n_docs", "warm_fraction", "teacher_error_rate"]
+    keys = ["data_dir", "data_seed", "n_docs", "problems_per_doc", "families", "max_level", "warm_fraction", "teacher_error_rate",
+            "tokenizer"]
     if name != "data":
         keys += ["seed", "train_config", "train_overrides"]
+    if name != "data":
+        keys += ["base_epochs"]
     if name not in ("data", "base"):
-        keys += ["mstep_epochs", "eval_shots", "eval_limit", "eval_max_new_tokens"]
+        keys += ["mstep_epochs", "eval_data", "eval_exemplars", "eval_split", "eval_shots", "eval_limit", "eval_max_new_tokens"]
+    if name == "m0":
+        keys += ["m0_epochs"]
     if name.startswith("iter"):
         keys += ["K", "selection", "n_prefix", "max_thought_tokens", "estep_batch", "continue_from_previous"]
     return {k: cfg[k] for k in keys}
 
 
-class Stages:
-    """Runs each stage once: its result is kept in run_dir/<name>/stage.json and returned on a rerun."""
+# minutes each kind of stage took in the default run of each preset (README, Results): the first ETA; later ETAs
+# scale it by how fast this machine has been so far
+EXPECTED_MIN = {"cpu": {"data": 0.1, "base": 1.5, "m0": 0.8, "raw_token_match": 0.8, "raw_flop_match": 1.5,
+                        "estep": 2.3, "mstep": 1.6, "oracle": 1.6},
+                "gpu": {}}
 
-    def __init__(self, cfg, planned):
-        self.cfg, self.planned, self.t0, self.times = cfg, planned, time.time(), {}
-        self.todo = sum(not os.path.exists(os.path.join(cfg["run_dir"], n, "stage.json")) for n in planned)
+
+def kind(name):
+    return name.split("/")[-1]  # iter2/estep -> estep
+
+
+class Stages:
+    """Runs each stage once: its result is kept in run_dir/<name>/stage.json and returned on a rerun. Says up front
+    what will run and how long it should take, and updates the ETA as stages finish."""
+
+    def __init__(self, cfg, preset, planned):
+        self.cfg, self.t0, self.spent, self.n_run = cfg, time.time(), 0.0, 0
+        self.todo = [n for n in planned if not os.path.exists(os.path.join(cfg["run_dir"], n, "stage.json"))]
+        self.expected = EXPECTED_MIN.get(preset, {})
+        if self.todo:
+            known = all(kind(n) in self.expected for n in self.todo)
+            log(f"{len(self.todo)} stages to run: {', '.join(self.todo)}; "
+                + (f"expected about {self.eta():.0f} min (measured for the default settings)" if known
+                   else "no time estimate yet for this preset (it comes after the first stage)"))
+
+    def eta(self, done_min=0.0):
+        left = sum(self.expected.get(kind(n), 0.0) for n in self.todo)
+        # this machine's speed relative to the measured one, once enough has run to tell
+        return left * (done_min / self.spent if self.spent >= 1.0 else 1.0)
 
     def __call__(self, name, fn):
         d = os.path.join(self.cfg["run_dir"], name)
@@ -122,30 +160,23 @@ class Stages:
                                    "or --force=True to start over")
             return result
         os.makedirs(d, exist_ok=True)
-        log(f"---- {name} (stage {len(self.times) + 1} of the {self.todo} this session runs)")
+        self.n_run += 1
+        log(f"---- {name} (stage {self.n_run} of the {len(self.todo) + self.n_run - 1} this session runs)")
         t = time.time()
         result = fn(d)
         result["wall_s"], result["stage_config"] = time.time() - t, want
         barrier()
         if rank0():
             write_json(done, result)
-        self.times[name] = result["wall_s"]
-        self.planned = [p for p in self.planned if p != name]
-        log(f"{name} done in {result['wall_s'] / 60:.1f} min; elapsed {(time.time() - self.t0) / 60:.1f} min, "
-            f"ETA {self.eta() / 60:.1f} min")
+        self.spent += self.expected.get(kind(name), 0.0)
+        self.todo = [n for n in self.todo if n != name]
+        elapsed = (time.time() - self.t0) / 60
+        log(f"{name} done in {result['wall_s'] / 60:.1f} min; elapsed {elapsed:.1f} min"
+            + (f", about {self.eta(elapsed):.0f} min to go" if self.todo and self.expected else ""))
         if name == self.cfg["stop_after"]:
             log(f"stopping after {name} as asked (stop_after); run again to resume")
             sys.exit(0)
         return result
-
-    def eta(self):
-        # remaining stages at the mean time of finished stages of the same kind (training, E-step, ...)
-        kind = lambda n: n.split("/")[-1] if "/" in n else ("train" if n not in ("data", "base") else n)
-        known = {}
-        for n, s in self.times.items():
-            known.setdefault(kind(n), []).append(s)
-        mean_all = sum(self.times.values()) / max(1, len(self.times))
-        return sum(sum(known[kind(n)]) / len(known[kind(n)]) if kind(n) in known else mean_all for n in self.planned)
 
 
 def n_tokens(path):
@@ -153,19 +184,23 @@ def n_tokens(path):
 
 
 def main(argv):
+    # on a GPU, the GPU preset (config/em_gpu.py) unless a config file is given: a bigger world and model
+    gpu = torch.cuda.is_available()
+    files = [a for a in argv if not a.startswith("-") and a.endswith(".py")]
+    if gpu and not files and "--gpu_preset=False" not in argv:
+        argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "em_gpu.py")] + argv
     cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
     rd = cfg["run_dir"]
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        cuda = torch.cuda.is_available()
-        if cuda:
+        if gpu:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    if not torch.cuda.is_available():
-        log("no GPU: the default run takes about 4 hours on a 2-core CPU (each training about 30 minutes, each "
-            "E-step about 20 minutes); "
-            "for the 1-minute tiny version: python em.py config/em_cpu_smoke.py")
+        torch.distributed.init_process_group("nccl" if gpu else "gloo")
+    preset = "gpu" if gpu and not files else "cpu"
+    log(f"{'GPU' if gpu else 'no GPU: CPU'} preset{' with ' + ', '.join(files) if files else ''}; run_dir {rd}; "
+        f"{cfg['iters']} EM iterations, K={cfg['K']}; {torch.get_num_threads()} CPU threads"
+        + ("" if gpu else "; the 1-minute smoke version: python em.py config/em_cpu_smoke.py"))
     if cfg["force"] and rank0() and os.path.exists(rd):
         shutil.rmtree(rd)
     barrier()
@@ -173,7 +208,7 @@ def main(argv):
     if rank0():
         with open(os.path.join(rd, "invocations.jsonl"), "a") as f:  # several processes may share a run_dir
             f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": argv, "config": cfg}) + "\n")
-    data = os.path.join(rd, "data")
+    data = os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else os.path.join(rd, "data")
     if cfg["reuse_from"] and rank0():
         # share the corpus, base, M_0 and baselines of another run: the K / selection ablations start from them
         for name in ("data", "base", "m0", "raw_token_match", "raw_flop_match"):
@@ -182,24 +217,48 @@ def main(argv):
                 os.symlink(src, dst)
     barrier()
     its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
-    stage = Stages(cfg, ["data", "base"] + (["m0"] if cfg["em"] else []) +
+    stage = Stages(cfg, preset if not files else "custom", ["data", "base"] + (["m0"] if cfg["em"] else []) +
                    (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
                    (["oracle"] if cfg["oracle"] else []) + (its if cfg["em"] else []))
-    train_kw = dict(config_file=cfg["train_config"], seed=cfg["seed"], **cfg["train_overrides"],
-                    val_bins={"raw": os.path.join(data, "val_raw.bin"), "aug": os.path.join(data, "val_aug.bin")})
-
-    # the corpus: warm-start split with teacher thoughts, bootstrap split (raw), validation, evaluation set
+    # the corpus (data/files.py, the contract): warm-start split with teacher thoughts, bootstrap split (raw),
+    # validation, evaluation set; the embedded world is generated, a data_dir is only checked
     def make_data(d):
-        if rank0():
+        if cfg["data_dir"]:
+            check_contract(data)
+        elif rank0():
             prepare(d, seed=cfg["data_seed"], n_docs=cfg["n_docs"], warm_fraction=cfg["warm_fraction"],
-                    teacher_error_rate=cfg["teacher_error_rate"])
-        return {name: n_tokens(os.path.join(d, name + ".bin"))
-                for name in ("warm_raw", "warm_aug", "boot_raw", "val_raw", "val_aug")}
+                    teacher_error_rate=cfg["teacher_error_rate"], tokenizer=cfg["tokenizer"],
+                    problems_per_doc=tuple(cfg["problems_per_doc"]), families=tuple(cfg["families"]),
+                    max_level=cfg["max_level"])
+        barrier()
+        return {name: n_tokens(os.path.join(data, name + ".bin"))
+                for name in ("warm_raw", "warm_aug", "boot_raw", "val_raw", "val_aug", "background")
+                if os.path.exists(os.path.join(data, name + ".bin"))}
     size = stage("data", make_data)
+    have = lambda name: os.path.exists(os.path.join(data, name))
+    val = {k: os.path.join(data, f"val_{k}.bin") for k in ("raw", "aug") if have(f"val_{k}.bin")}
+    train_kw = dict(config_file=cfg["train_config"], seed=cfg["seed"], tokenizer=read_meta(data)["tokenizer"],
+                    **cfg["train_overrides"], val_bins=val)
+    gold = os.path.join(data, "boot.gold.jsonl") if have("boot.gold.jsonl") else None  # only where gold exists
+    eval_data = cfg["eval_data"] or os.path.join(data, cfg["eval_split"] + ".jsonl")
+    exemplars = cfg["eval_exemplars"] or (os.path.join(data, "exemplars.jsonl") if have("exemplars.jsonl") else "")
 
-    # the base initialisation every M-step restarts from (method.md, M-step)
-    base = os.path.join(rd, "base", "base.pt")
-    stage("base", lambda d: make_base(base, **{k: v for k, v in train_kw.items() if k != "val_bins"}) or {})
+    # the base every training restarts from (method.md, M-step). The paper's base is a pretrained LM; ours is
+    # pretrained on the world's background text (derivations without their problems: arithmetic and the form of a
+    # derivation, not which problem needs which), or is a fresh initialisation with base_epochs=0
+    base = os.path.join(rd, "base", "ckpt.pt" if cfg["base_epochs"] else "init.pt")
+
+    def make_the_base(d):
+        init = make_base(os.path.join(d, "init.pt"), **{k: v for k, v in train_kw.items() if k != "val_bins"})
+        if not cfg["base_epochs"]:
+            return init
+        if "background" not in size:
+            raise ValueError(f"base_epochs={cfg['base_epochs']} needs {data}/background.bin to pretrain on; with "
+                             "--data_dir use --base_epochs=0 (and a pretrained GPT-2 via train_overrides' init_from)")
+        s = train(out_dir=d, train_bins=[os.path.join(data, "background.bin")], init_from=init["ckpt"], latent=False,
+                  max_tokens=int(cfg["base_epochs"] * size["background"]), **train_kw)
+        return {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s")}
+    stage("base", make_the_base)
 
     # the budget of every training: mstep_epochs over the warm-start corpus plus the bootstrap corpus at the warm
     # start's thought density; fixed up front so M_0, every M-step and the FLOP-matched baseline share it
@@ -209,7 +268,7 @@ def main(argv):
         sizes = [n_tokens(b) for b in bins]
         s = train(out_dir=d, train_bins=bins, train_weights=[n / sum(sizes) for n in sizes], max_tokens=int(max_tokens),
                   init_from=init, latent=latent, **train_kw)
-        r = evaluate(s["ckpt"], os.path.join(data, "eval.jsonl"), exemplars=os.path.join(data, "exemplars.jsonl"),
+        r = evaluate(s["ckpt"], eval_data, exemplars=exemplars,
                      n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
                      limit=cfg["eval_limit"] or None, out_dir=os.path.join(d, "eval"))
         return {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s"),
@@ -219,7 +278,7 @@ def main(argv):
     # warm start (method.md): M_0 on the warm-start split with the teacher's thoughts
     if cfg["em"]:
         rows["M0 (warm start)"] = stage("m0", lambda d: fit_and_eval(
-            d, [os.path.join(data, "warm_aug.bin")], budget, base, True))
+            d, [os.path.join(data, "warm_aug.bin")], cfg["m0_epochs"] * size["warm_aug"], base, True))
     # raw baselines (method.md): the same documents without thoughts
     raw = [os.path.join(data, "warm_raw.bin"), os.path.join(data, "boot_raw.bin")]
     if cfg["baselines"]:
@@ -230,11 +289,13 @@ def main(argv):
 
     # an upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the E-step
     # recovered every one; the gap between this row and the EM rows is what a better posterior could still gain
+    if cfg["oracle"] and gold is None:
+        raise ValueError(f"oracle=True needs gold thoughts of the bootstrap split: {data}/boot.gold.jsonl")
     if cfg["oracle"]:
         def with_gold(d):
             gold_bin = os.path.join(d, "boot_gold_aug.bin")
             build_augmented_bin(get_tokenizer(read_meta(data)["tokenizer"]), os.path.join(data, "boot.chunks.jsonl"),
-                                os.path.join(data, "boot.gold.jsonl"), gold_bin, cfg["seed"])
+                                gold, gold_bin, cfg["seed"])
             return fit_and_eval(d, [os.path.join(data, "warm_aug.bin"), gold_bin], budget, base, True)
         rows["gold thoughts (oracle)"] = stage("oracle", with_gold)
 
@@ -244,7 +305,7 @@ def main(argv):
         e = stage(f"iter{t}/estep", lambda d: sample_thoughts(
             prev, os.path.join(data, "boot.chunks.jsonl"), d, K=cfg["K"], max_thought_tokens=cfg["max_thought_tokens"],
             selection=cfg["selection"], n_prefix=cfg["n_prefix"], seed=cfg["seed"] * 1000 + t,
-            batch_size=cfg["estep_batch"], gold=os.path.join(data, "boot.gold.jsonl")))
+            batch_size=cfg["estep_batch"], gold=gold))
         init = prev if cfg["continue_from_previous"] else base
         m = stage(f"iter{t}/mstep", lambda d: fit_and_eval(
             d, [os.path.join(data, "warm_aug.bin"), os.path.join(rd, f"iter{t}", "estep", "aug.bin")], budget, init, True))

@@ -42,6 +42,11 @@ n_embd = 384
 block_size = 1024
 dropout = 0.0
 bias = True
+rope_theta = 0.0          # > 0: rotary positions (Llama) instead of learned ones
+norm = "layernorm"        # layernorm | rmsnorm (Llama)
+mlp = "gelu"              # gelu | swiglu (Llama)
+n_kv_head = 0             # grouped-query attention: key/value heads (0 = n_head)
+tie_embeddings = True
 # budget and optimiser
 batch_size = 32           # rows per micro-step per process
 grad_accum = 1            # micro-steps per optimiser step
@@ -84,8 +89,9 @@ def build_model(cfg, tok):
     src = cfg["init_from"]
     if src == "scratch":
         torch.manual_seed(cfg["seed"])
-        return GPT(GPTConfig(block_size=cfg["block_size"], vocab_size=tok.n_vocab, n_layer=cfg["n_layer"],
-                             n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"]))
+        shape = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "rope_theta", "norm", "mlp",
+                 "n_kv_head", "tie_embeddings")
+        return GPT(GPTConfig(vocab_size=tok.n_vocab, **{k: cfg[k] for k in shape}))
     if os.path.isdir(src):
         if tok.name != "gpt2":
             raise ValueError(f"init_from={src!r} is a GPT-2 directory: it needs tokenizer 'gpt2', not {tok.name!r}")

@@ -1,13 +1,13 @@
 # The default model for the embedded math corpus (em.py's M-steps): a byte-level GPT of 0.8M parameters, small
 # enough that the whole EM run (em.py) fits in an afternoon on a 2-core CPU (README, "Results").
 #     python train.py config/train_mathworld.py --train_bins="['runs/default/data/warm_aug.bin']" --max_tokens=2000000
-tokenizer = "byte"
 n_layer = 4
 n_head = 4
 n_embd = 128
-block_size = 512
+block_size = 256
 dropout = 0.0
-batch_size = 16
+rope_theta = 10000.0      # rotary positions: copying a problem's numbers into a thought is learnt many times faster
+batch_size = 8
 grad_accum = 1
 learning_rate = 3e-3
 min_lr = 3e-4

@@ -167,16 +167,16 @@ def document(problems, thought="thought"):
 
 
 def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families=None, teacher_error_rate=0.0,
-             n_eval=500, n_exemplars=8, exclude=()):
+             n_eval=500, n_exemplars=8, n_valid=0, exclude=()):
     """
-    Deterministic from seed. Returns (docs, eval_problems, exemplars). A doc is a list of chunks
-    {"text", "thought"} where thought is what the (possibly noisy) teacher writes, plus "gold" (the
-    noise-free thought). Evaluation problems never appear in any document.
+    Deterministic from seed. Returns (docs, eval_problems, exemplars), and the validation problems too when
+    n_valid > 0. A doc is a list of chunks {"text", "thought"} where thought is what the (possibly noisy) teacher
+    writes, plus "gold" (the noise-free thought). Held-out problems never appear in any document.
     """
     families = list(families or DEFAULT_FAMILIES)
     rng = np.random.default_rng(seed)
     held, seen = [], set(exclude)
-    while len(held) < n_eval + n_exemplars:
+    while len(held) < n_eval + n_exemplars + n_valid:
         p = problem(rng, families, max_level)
         if p["problem"] not in seen:
             seen.add(p["problem"]); held.append(p)
@@ -189,7 +189,42 @@ def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families
                 p = problem(rng, families, max_level, teacher_error_rate)
             problems.append(p)
         docs.append(document(problems))
-    return docs, held[n_exemplars:], held[:n_exemplars]
+    evals, exemplars = held[n_exemplars:n_exemplars + n_eval], held[:n_exemplars]
+    return (docs, evals, exemplars) + ((held[n_exemplars + n_eval:],) if n_valid else ())
+
+
+BACKGROUND_FAMILIES = ("linear", "poly", "gcd", "modular")
+
+
+def background(seed, n_docs, families=None, max_level=3, exclude=()):
+    """
+    The base model's pretraining text: worked problems of OTHER families than the corpus's, solutions written out,
+        Problem:
+        Solve 3x+2=11.
+        Solution: 11-2=9; 9/3=3 => 3
+    It stands for what a pretrained LM knows before the paper's continued pretraining (method.md: every run
+    restarts from a pretrained base): arithmetic, and that a worked solution copies numbers out of its problem.
+    Which steps the corpus's own problems need ("double", "buys 3 bags of 4") it has never seen: that is what
+    the corpus's thoughts teach.
+    """
+    families = [f for f in (families or BACKGROUND_FAMILIES) if f not in exclude] or list(BACKGROUND_FAMILIES)
+    rng = np.random.default_rng([seed, 7])
+    docs = []
+    for _ in range(n_docs):
+        ps = [problem(rng, families, max_level) for _ in range(int(rng.integers(3, 6)))]
+        docs.append("".join(f"Problem:\n{p['problem']}\nSolution: {p['gold_thought']}\n\n" for p in ps))
+    return docs
+
+
+TOKENIZER_MERGES = 160  # enough for every word of this world to be one token
+
+
+def tokenizer_text(seed=12345, n_docs=1000):
+    """The text the "mathworld" tokenizer's merges are learned on (data/tokenizer.py): documents and their
+    thoughts from a fixed seed of their own, so the tokenizer is the same for every corpus seed."""
+    docs, _, _ = generate(seed, n_docs, n_eval=0, n_exemplars=0)
+    return ["".join(c["text"] for c in doc) + " ".join(c["thought"] for c in doc) for doc in docs] + \
+        background(seed, n_docs // 4)
 
 
 def math_row(p):
@@ -198,20 +233,26 @@ def math_row(p):
             "answer": p["answer"], "family": p["family"], "level": p["level"]}
 
 
-def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tokenizer="byte", **knobs):
+def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tokenizer="mathworld", n_valid=500,
+            n_background_docs=4000, **knobs):
     """
     Write the embedded corpus's splits into out_dir (skipped when already complete with the same settings):
       warm.*   warm-start documents with the teacher's thoughts: chunks, thoughts, raw and augmented bins
       boot.*   bootstrap documents: chunks and raw bin; boot.gold.jsonl holds their gold thoughts, for
                measuring the E-step only (never trained on)
       val.*    validation documents: raw and augmented (gold thoughts) bins
-      eval.jsonl, exemplars.jsonl   held-out problems in MATH's shape, and few-shot exemplars
+      background.bin   derivations without problems: the base model's pretraining text (see background)
+      eval.jsonl, valid.jsonl, exemplars.jsonl   held-out problems in MATH's shape: the evaluation set (final
+               tables only), a validation set of other problems (for choosing settings), few-shot exemplars
+    Everything is built in out_dir/.partial and moved into out_dir with meta.json last, so a directory with a
+    meta.json is complete and a killed preparation simply starts again.
     """
-    from data.files import build_augmented_bin, build_raw_bin, read_meta, update_meta, write_jsonl
+    import shutil
+    from data.files import build_augmented_bin, build_raw_bin, read_meta, update_meta, write_json, write_jsonl
     from data.tokenizer import get_tokenizer
 
     settings = dict(seed=seed, n_docs=n_docs, n_val_docs=n_val_docs, warm_fraction=warm_fraction,
-                    tokenizer=tokenizer, **knobs)
+                    tokenizer=tokenizer, n_valid=n_valid, n_background_docs=n_background_docs, **knobs)
     meta = read_meta(out_dir)
     if meta and meta.get("mathworld") == settings:
         return meta
@@ -219,26 +260,40 @@ def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tok
         raise ValueError(f"{out_dir}/meta.json: prepared with other settings {meta.get('mathworld')}; "
                          f"use another directory or delete it")
     tok = get_tokenizer(tokenizer)
-    docs, held, exemplars = generate(seed, n_docs + n_val_docs, **knobs)
+    docs, held, exemplars, valid = generate(seed, n_docs + n_val_docs, n_valid=n_valid, **knobs)
     n_warm = int(round(warm_fraction * n_docs))
     splits = {"warm": docs[:n_warm], "boot": docs[n_warm:n_docs], "val": docs[n_docs:]}
+    part = os.path.join(out_dir, ".partial")
+    shutil.rmtree(part, ignore_errors=True)  # what a killed preparation left
     for name, split in splits.items():
-        chunks = os.path.join(out_dir, f"{name}.chunks.jsonl")
+        chunks = os.path.join(part, f"{name}.chunks.jsonl")
         write_jsonl(chunks, ({"id": f"{name}{d}:{i}", "doc": f"{name}{d}", "idx": i, "text": c["text"]}
                              for d, doc in enumerate(split) for i, c in enumerate(doc)))
         key = "gold" if name == "val" else "thought"  # validation measures against the noise-free thoughts
-        thoughts = os.path.join(out_dir, f"{name}.gold.jsonl" if name == "boot" else f"{name}.thoughts.jsonl")
+        thoughts = os.path.join(part, f"{name}.gold.jsonl" if name == "boot" else f"{name}.thoughts.jsonl")
         write_jsonl(thoughts, ({"id": f"{name}{d}:{i}", "thought": c["gold" if name == "boot" else key]}
                                for d, doc in enumerate(split) for i, c in enumerate(doc)))
-        build_raw_bin(tok, chunks, os.path.join(out_dir, f"{name}_raw.bin"))
+        build_raw_bin(tok, chunks, os.path.join(part, f"{name}_raw.bin"))
         if name != "boot":
-            build_augmented_bin(tok, chunks, thoughts, os.path.join(out_dir, f"{name}_aug.bin"), seed)
-    write_jsonl(os.path.join(out_dir, "eval.jsonl"), (math_row(p) for p in held))
-    write_jsonl(os.path.join(out_dir, "exemplars.jsonl"),
+            build_augmented_bin(tok, chunks, thoughts, os.path.join(part, f"{name}_aug.bin"), seed)
+    bg = os.path.join(part, "background.chunks.jsonl")
+    write_jsonl(bg, ({"id": f"bg{d}:0", "doc": f"bg{d}", "idx": 0, "text": t}
+                     for d, t in enumerate(background(seed, n_background_docs, exclude=knobs.get("families") or
+                                                      DEFAULT_FAMILIES))))
+    build_raw_bin(tok, bg, os.path.join(part, "background.bin"))
+    write_jsonl(os.path.join(part, "eval.jsonl"), (math_row(p) for p in held))
+    write_jsonl(os.path.join(part, "valid.jsonl"), (math_row(p) for p in valid))
+    write_jsonl(os.path.join(part, "exemplars.jsonl"),
                 ({**math_row(p), "thought": p["gold_thought"], "raw_solution": result_text(p).strip()}
                  for p in exemplars))
-    # written last: its "mathworld" entry marks the directory complete
-    return update_meta(out_dir, tok, mathworld=settings)
+    meta = update_meta(part, tok, mathworld=settings)  # its "mathworld" entry marks the directory complete
+    for info in meta["bins"].values():  # the files the bins were built from, by their final names
+        info.update({k: os.path.basename(v) for k, v in info.items() if k in ("chunks", "thoughts")})
+    write_json(os.path.join(part, "meta.json"), meta)
+    for name in sorted(os.listdir(part), key=lambda n: n == "meta.json"):  # meta.json last
+        os.replace(os.path.join(part, name), os.path.join(out_dir, name))
+    os.rmdir(part)
+    return read_meta(out_dir)
 
 
 def main(argv):

