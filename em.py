@@ -71,7 +71,8 @@ eval_limit = 0            # 0 = every problem of the evaluation set
 eval_max_new_tokens = 64
 eval_batch = 128
 baselines = True          # raw-token-match and raw-FLOP-match
-oracle = False            # also train on the bootstrap split with its GOLD thoughts: what a perfect E-step would give
+oracle = True             # also train on the bootstrap split with its GOLD thoughts (what a perfect E-step would
+                          # give), where the corpus has them
 em = True                 # the warm start and the EM iterations (--em=False: only the baselines, e.g. in a second
                           # process beside the main one, sharing run_dir)
 threads = 0               # torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy CPU)
@@ -219,7 +220,8 @@ def main(argv):
     its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
     stage = Stages(cfg, preset if not files else "custom", ["data", "base"] + (["m0"] if cfg["em"] else []) +
                    (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
-                   (["oracle"] if cfg["oracle"] else []) + (its if cfg["em"] else []))
+                   (["oracle"] if cfg["oracle"] and (not cfg["data_dir"] or
+                                                      os.path.exists(os.path.join(data, "boot.gold.jsonl"))) else []) + (its if cfg["em"] else []))
     # the corpus (data/files.py, the contract): warm-start split with teacher thoughts, bootstrap split (raw),
     # validation, evaluation set; the embedded world is generated, a data_dir is only checked
     def make_data(d):
@@ -289,9 +291,7 @@ def main(argv):
 
     # an upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the E-step
     # recovered every one; the gap between this row and the EM rows is what a better posterior could still gain
-    if cfg["oracle"] and gold is None:
-        raise ValueError(f"oracle=True needs gold thoughts of the bootstrap split: {data}/boot.gold.jsonl")
-    if cfg["oracle"]:
+    if cfg["oracle"] and gold is not None:
         def with_gold(d):
             gold_bin = os.path.join(d, "boot_gold_aug.bin")
             build_augmented_bin(get_tokenizer(read_meta(data)["tokenizer"]), os.path.join(data, "boot.chunks.jsonl"),

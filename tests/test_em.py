@@ -34,7 +34,7 @@ def full_run(tmp_path_factory):
 def test_every_stage_leaves_its_files_and_the_table_has_every_row(full_run):
     d, out = full_run
     for f in ["data/meta.json", "data/warm_aug.bin", "data/boot.chunks.jsonl", "data/boot.gold.jsonl", "data/eval.jsonl",
-              "base/base.pt", "m0/ckpt.pt", "m0/eval/problems.jsonl", "raw_token_match/ckpt.pt", "raw_flop_match/ckpt.pt",
+              "data/valid.jsonl", "data/background.bin", "base/init.pt", "base/ckpt.pt", "m0/ckpt.pt", "m0/eval/problems.jsonl", "raw_token_match/ckpt.pt", "raw_flop_match/ckpt.pt",
               "iter1/estep/thoughts.jsonl", "iter1/estep/aug.bin", "iter1/estep/summary.json", "iter2/mstep/ckpt.pt",
               "iter2/mstep/eval/problems.jsonl", "results.md", "results.json"]:
         assert os.path.exists(os.path.join(d, f)), f
@@ -43,8 +43,11 @@ def test_every_stage_leaves_its_files_and_the_table_has_every_row(full_run):
     for name, r in rows.items():
         assert 0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1 and r["n"] == 40, name
     # every latent training gets the same budget; raw-token-match sees the raw tokens for the same epochs
-    latent = {rows[n]["tokens"] for n in ("raw-FLOP-match", "M0 (warm start)", "EM iteration 1", "EM iteration 2")}
+    latent = {rows[n]["tokens"] for n in ("raw-FLOP-match", "EM iteration 1", "EM iteration 2")}
     assert len(latent) == 1 and rows["raw-token-match"]["tokens"] < latent.pop()
+    # M_0 has its own budget: m0_epochs (1.0 in the smoke preset) passes over the warm-start split
+    warm = json.load(open(os.path.join(d, "data", "stage.json")))["warm_aug"]
+    assert warm <= rows["M0 (warm start)"]["tokens"] < warm + 256 * 8
     e = rows["EM iteration 1"]["estep"]
     assert e["K"] == 2 and 1 <= e["ess"] <= 2 and e["elbo"] < 0 and 0 <= e["agree_chosen"] <= 1
     md = open(os.path.join(d, "results.md")).read()
@@ -61,6 +64,27 @@ def test_interrupted_run_resumes_to_the_same_table(full_run, tmp_path):
     assert "stopping after iter1/estep" in out and not os.path.exists(os.path.join(d, "results.json"))
     out = em(d)
     assert "---- m0" not in out and "---- iter1/mstep" in out  # finished stages are not run again
+    assert table(d) == table(d_full)
+
+
+def test_killed_anywhere_resumes_to_the_same_table(full_run, tmp_path):
+    """SIGKILL (no clean-up runs) during the data stage, the base pretraining, M_0's training and the E-step; each
+    time the same command resumes, and the finished run's table equals the uninterrupted one."""
+    import signal
+    import time
+    d_full, _ = full_run
+    d = str(tmp_path / "killed")
+    cmd = [sys.executable, "em.py", "config/em_cpu_smoke.py", f"--run_dir={d}", "--threads=1"]
+    for marker in ("data/.partial", "base/log.jsonl", "m0/log.jsonl", "iter1/estep/settings.json"):
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.time()
+        while not os.path.exists(os.path.join(d, marker)) and p.poll() is None and time.time() - t0 < 300:
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert os.path.exists(os.path.join(d, marker)), marker
+        assert not os.path.exists(os.path.join(d, "results.json")), marker  # it was killed before the end
+    em(d)
     assert table(d) == table(d_full)
 
 
