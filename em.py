@@ -356,14 +356,25 @@ def report(cfg):
         f.write(table + "\n")
     write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows})
     print(table, flush=True)
+    results_png(rd, rows, cfg)
+    try:  # the html page (report.py) is for people; a failure to draw it must never fail the run
+        from report import write_report
+        log(f"wrote {write_report(rd)}")
+    except Exception as e:
+        log(f"report.html not written: {e!r}")
+    return rows
+
+
+def results_png(rd, rows, cfg):
+    """results.png: accuracy per EM iteration beside the baselines, when matplotlib is installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return rows
+        return
     if "M0 (warm start)" not in rows:
-        return rows
+        return
     pts = [(0, rows["M0 (warm start)"])] + [(int(k.split()[-1]), v) for k, v in rows.items() if k.startswith("EM")]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.errorbar([i for i, _ in pts], [r["accuracy"] for _, r in pts], marker="o", capsize=3, label=f"EM, K={cfg['K']}",
@@ -377,7 +388,6 @@ def report(cfg):
     fig.tight_layout()
     with atomic_open(os.path.join(rd, "results.png"), "wb") as f:
         fig.savefig(f, format="png", dpi=120)
-    return rows
 
 
 if __name__ == "__main__":
