@@ -17,6 +17,7 @@ where it stopped. --force=True starts over.
     run_dir/iter{t}/mstep/        M_t: ckpt.pt, log.jsonl, eval/
     run_dir/raw_token_match/, raw_flop_match/     the baselines; oracle/: gold thoughts (--oracle=True)
     run_dir/results.md, results.json, results.png, invocations.jsonl (each command run on this directory)
+    run_dir/report.html           the run on one page: table, plots, sampled thoughts   (report.py)
 """
 import json
 import os
