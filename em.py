@@ -17,6 +17,7 @@ where it stopped. --force=True starts over.
     run_dir/iter{t}/mstep/        M_t: ckpt.pt, log.jsonl, eval/
     run_dir/raw_token_match/, raw_flop_match/     the baselines; oracle/: gold thoughts (--oracle=True)
     run_dir/results.md, results.json, results.png, invocations.jsonl (each command run on this directory)
+    run_dir/report.html           the run on one page: table, plots, sampled thoughts   (report.py)
 """
 import json
 import os
@@ -356,14 +357,25 @@ def report(cfg):
         f.write(table + "\n")
     write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows})
     print(table, flush=True)
+    results_png(rd, rows, cfg)
+    try:  # the html page (report.py) is for people; a failure to draw it must never fail the run
+        from report import write_report
+        log(f"wrote {write_report(rd)}")
+    except Exception as e:
+        log(f"report.html not written: {e!r}")
+    return rows
+
+
+def results_png(rd, rows, cfg):
+    """results.png: accuracy per EM iteration beside the baselines, when matplotlib is installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return rows
+        return
     if "M0 (warm start)" not in rows:
-        return rows
+        return
     pts = [(0, rows["M0 (warm start)"])] + [(int(k.split()[-1]), v) for k, v in rows.items() if k.startswith("EM")]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.errorbar([i for i, _ in pts], [r["accuracy"] for _, r in pts], marker="o", capsize=3, label=f"EM, K={cfg['K']}",
@@ -377,7 +389,6 @@ def report(cfg):
     fig.tight_layout()
     with atomic_open(os.path.join(rd, "results.png"), "wb") as f:
         fig.savefig(f, format="png", dpi=120)
-    return rows
 
 
 if __name__ == "__main__":

@@ -107,4 +107,4 @@ def test_report_replaces_results_whole(tmp_path):
     report({"run_dir": str(d), "iters": 0, "K": 2, "selection": "importance", "continue_from_previous": False})
     assert (tmp_path / "old.md").read_text() == "the old table\n"
     assert "| run |" in (d / "results.md").read_text()
-    assert sorted(os.listdir(d)) == ["results.json", "results.md"]
+    assert sorted(os.listdir(d)) == ["report.html", "results.json", "results.md"]

@@ -1,0 +1,371 @@
+"""
+A run as one page a class can look at: open run_dir/report.html in any browser, offline.
+
+    python -m report runs/default                        # writes runs/default/report.html
+    python -m report runs/k1 runs/k4 runs/k8 --out=sweep.html   # several runs side by side (a K or seed sweep)
+
+The page holds, read from the files the stages left (em.py calls write_report at the end of every run):
+  - the results table (results.json; for a run still going, the stages finished so far)
+  - accuracy per EM iteration with its 95% interval, beside the raw baselines and the oracle
+  - the E-step's ELBO, effective sample size and agreement with the gold thoughts per iteration
+  - train and validation loss of every training run (<stage>/log.jsonl)
+  - for a few bootstrap chunks, the prefix P, the chunk X, the K thoughts of every iteration with log q, log p,
+    log w and their normalised weights, the resampled one marked, and the gold thought where the corpus has one
+
+Everything is inside the one file (CSS inline, plots as base64 PNG data URIs): it can be mailed or put on a
+course page. Plots need matplotlib (an optional extra); without it the page says so and keeps the rest.
+"""
+import argparse
+import base64
+import glob
+import html
+import io
+import json
+import os
+import re
+
+from data.files import atomic_open, chunk_prefix, read_chunks, read_jsonl, read_thoughts
+
+N_CHUNKS = 4  # bootstrap chunks shown with their thoughts: enough to compare, few enough to read in class
+TRAININGS = [("base", "base"), ("M0 (warm start)", "m0"), ("raw-token-match", "raw_token_match"),
+             ("raw-FLOP-match", "raw_flop_match"), ("gold thoughts (oracle)", "oracle")]
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f3f3f3; }
+pre { background: #f7f7f7; padding: 0.5em; white-space: pre-wrap; margin: 0.3em 0; }
+.note { color: #a60; }
+.row { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.iters { display: grid; grid-template-columns: repeat(auto-fit, minmax(330px, 1fr)); gap: 1em; }
+.sample { border: 1px solid #ddd; padding: 0.3em 0.5em; margin: 0.3em 0; font-size: 0.85em; }
+.sample.chosen { border: 2px solid #2a7; background: #f2fbf6; }
+.thought { font-family: monospace; white-space: pre-wrap; }
+.bar { background: #eee; height: 0.7em; }
+.bar div { background: #37a; height: 100%; }
+.gold { font-family: monospace; background: #fff7d6; padding: 0.2em 0.4em; }
+"""
+
+
+# ----------------------------------------------------------------------------- reading a run
+
+def read_results(run_dir):
+    """(config, rows, note): results.json, or for a run still going the stages finished so far (em.collect)."""
+    path = os.path.join(run_dir, "results.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            r = json.load(f)
+        return r["config"], r["rows"], ""
+    inv = os.path.join(run_dir, "invocations.jsonl")
+    if not os.path.exists(inv):
+        raise FileNotFoundError(f"{run_dir}: neither results.json nor invocations.jsonl; is it an em.py run_dir?")
+    cfg = [row for _, row in read_jsonl(inv)][-1]["config"]
+    from em import collect  # the same reading em.py's table uses; imported here as it loads torch
+    return cfg, collect({**cfg, "run_dir": run_dir}), "no results.json yet: the rows are the stages finished so far"
+
+
+def read_log(path):
+    """log.jsonl -> (train [(tokens, loss)], eval [(tokens, {split: loss})]); a resumed run logs some steps twice,
+    the last record of a step wins."""
+    train, evals = {}, {}
+    if os.path.exists(path):
+        for _, e in read_jsonl(path):
+            if e.get("event") == "train":
+                train[e["step"]] = (e["tokens"], e["loss"])
+            elif e.get("event") == "eval" and e.get("val"):
+                evals[e["step"]] = (e["tokens"], e["val"])
+    return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
+
+
+def trainings(run_dir, cfg):
+    """[(title, log.jsonl path)] of every training run that has a log."""
+    runs = TRAININGS + [(f"EM iteration {t}", f"iter{t}/mstep") for t in range(1, cfg.get("iters", 0) + 1)]
+    return [(title, os.path.join(run_dir, d, "log.jsonl")) for title, d in runs
+            if os.path.exists(os.path.join(run_dir, d, "log.jsonl"))]
+
+
+def by_iteration(rows):
+    """[(t, row)]: M_0 is iteration 0, then every finished EM iteration."""
+    pts = [(0, rows["M0 (warm start)"])] if "M0 (warm start)" in rows else []
+    return pts + sorted((int(k.split()[-1]), v) for k, v in rows.items() if k.startswith("EM iteration"))
+
+
+def shard_rows(run_dir, t):
+    """The E-step rows of iteration t in chunk-file order, read lazily shard by shard (a big run has many)."""
+    for path in sorted(glob.glob(os.path.join(run_dir, f"iter{t}", "estep", "shards", "shard_*.jsonl"))):
+        for _, row in read_jsonl(path):
+            yield row
+
+
+def pick_chunks(run_dir, iters, where, n):
+    """Ids of n chunks worth a look, that every iteration's E-step has reached: not a document's first chunk (no
+    prefix, nothing to derive: its thoughts are all "Exercises."), not K alike thoughts, one per document.
+    where: {chunk id: (document, index)}. Returns (ids, {t: {id: shard row}})."""
+    ts = [t for t in range(1, iters + 1) if os.path.isdir(os.path.join(run_dir, f"iter{t}", "estep", "shards"))]
+    if not ts:
+        return [], {}
+    ids, docs = [], set()
+    for row in shard_rows(run_dir, ts[0]):
+        doc, i = where.get(row["id"], (None, 0))
+        if i > 0 and id(doc) not in docs and len({s["text"] for s in row["samples"]}) > 1:
+            ids.append(row["id"])
+            docs.add(id(doc))
+            if len(ids) == n:
+                break
+    found = {}
+    for t in ts:
+        want = set(ids)
+        for row in shard_rows(run_dir, t):
+            if row["id"] in want:
+                found[(t, row["id"])] = row
+                want.discard(row["id"])
+                if not want:
+                    break
+    ids = [i for i in ids if all((t, i) in found for t in ts)]
+    return ids, {t: {i: found[(t, i)] for i in ids} for t in ts}
+
+
+# ----------------------------------------------------------------------------- plots (matplotlib optional)
+
+def pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")  # no display: draw to memory
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        return None
+
+
+def img(plt, fig, alt):
+    """A figure as an <img> with a base64 PNG data URI: the page needs no other file."""
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def plot_accuracy(plt, runs):
+    """runs: [(label, rows)]. Accuracy per EM iteration with its 95% interval; the baselines and the oracle as
+    horizontal lines (what EM must beat, and what a perfect E-step would give)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n, (label, rows) in enumerate(runs):
+        color = f"C{n}"
+        pts = by_iteration(rows)
+        if pts:
+            ax.errorbar([t for t, _ in pts], [r["accuracy"] for _, r in pts], marker="o", capsize=3, color=color,
+                        label=f"EM {label}".strip(),
+                        yerr=[[r["accuracy"] - r["ci_low"] for _, r in pts], [r["ci_high"] - r["accuracy"] for _, r in pts]])
+        for name, ls in (("raw-token-match", ":"), ("raw-FLOP-match", "--"), ("gold thoughts (oracle)", "-.")):
+            if name in rows:
+                ax.axhline(rows[name]["accuracy"], ls=ls, color=color if len(runs) > 1 else "gray", alpha=0.8,
+                           label=f"{name} {label}".strip())
+    ax.set_xlabel("EM iteration (0 = warm start M_0)")
+    ax.set_ylabel("accuracy on held-out problems")
+    ax.legend(fontsize=7)
+    return img(plt, fig, "accuracy per EM iteration")
+
+
+def plot_estep(plt, rows):
+    """ELBO, effective sample size and gold agreement of every E-step."""
+    pts = [(t, r["estep"]) for t, r in by_iteration(rows) if "estep" in r]
+    if not pts:
+        return ""
+    ts = [t for t, _ in pts]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    axes[0].plot(ts, [e["elbo"] for _, e in pts], marker="o")
+    axes[0].set_title("ELBO estimate (nats per chunk)", fontsize=9)
+    axes[1].plot(ts, [e["ess"] for _, e in pts], marker="o")
+    axes[1].axhline(pts[0][1]["K"], ls=":", color="gray", label="K (all weights equal)")
+    axes[1].set_ylim(bottom=0)
+    axes[1].set_title("effective sample size", fontsize=9)
+    axes[1].legend(fontsize=7)
+    if any(e.get("agree_chosen") is not None for _, e in pts):
+        g = [(t, e) for t, e in pts if e.get("agree_chosen") is not None]
+        axes[2].plot([t for t, _ in g], [e["agree_chosen"] for _, e in g], marker="o", label="chosen thought")
+        axes[2].plot([t for t, _ in g], [e["agree_random"] for _, e in g], marker="o", label="one of K at random")
+        axes[2].legend(fontsize=7)
+    axes[2].set_title("thoughts with the gold result", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("EM iteration")
+        ax.set_xticks(ts)
+    return img(plt, fig, "E-step ELBO, effective sample size and gold agreement per iteration")
+
+
+def plot_training(plt, logs):
+    """One panel per training run: train loss and validation loss against tokens trained."""
+    if not logs:
+        return ""
+    cols = min(3, len(logs))
+    nrows = (len(logs) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 2.8 * nrows), squeeze=False)
+    for ax, (title, path) in zip(axes.flat, logs):
+        train, evals = read_log(path)
+        if train:
+            ax.plot([x / 1e6 for x, _ in train], [y for _, y in train], lw=1, label="train")
+        for split in sorted({k for _, v in evals for k in v}):
+            pts = [(x, v[split]) for x, v in evals if split in v]
+            ax.plot([x / 1e6 for x, _ in pts], [y for _, y in pts], marker=".", label=f"val {split}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("tokens trained (M)", fontsize=8)
+        ax.set_ylabel("loss (nats / token)", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(logs):]:
+        ax.axis("off")
+    return img(plt, fig, "train and validation loss of every training run")
+
+
+# ----------------------------------------------------------------------------- html
+
+def esc(text):
+    """Any text on the page: html-escaped, and control characters (a young model's thoughts have some; a NUL breaks
+    the page) written as \\xNN so they stay visible."""
+    return html.escape(re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", str(text)))
+
+
+def num(x, f):
+    return "" if x is None else format(x, f)
+
+
+def minutes(seconds):
+    return "" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def results_table(rows):
+    head = ["run", "accuracy (95% CI)", "n", "val loss raw", "val loss aug", "E-step ELBO", "ESS",
+            "gold result: chosen / random", "tokens trained", "training time", "E-step time"]
+    out = ["<table class='results'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    for name, r in rows.items():
+        e, v = r.get("estep", {}), r.get("val") or {}
+        agree = f"{e['agree_chosen']:.3f} / {e['agree_random']:.3f}" if e.get("agree_chosen") is not None else ""
+        cells = [name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})", r.get("n", ""),
+                 num(v.get("raw"), ".3f"), num(v.get("aug"), ".3f"), num(e.get("elbo"), ".2f"), num(e.get("ess"), ".2f"),
+                 agree, f"{r['tokens'] / 1e6:.2f}M", minutes(r.get("train_s")), minutes(e.get("wall_s"))]
+        out.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+    return "\n".join(out + ["</table>"])
+
+
+def settings_line(cfg):
+    keys = ("iters", "K", "selection", "n_prefix", "max_thought_tokens", "seed", "n_docs", "mstep_epochs",
+            "continue_from_previous", "data_dir", "train_config")
+    return "<p>" + esc(", ".join(f"{k} = {cfg[k]}" for k in keys if cfg.get(k) not in (None, ""))) + "</p>"
+
+
+def weights(samples):
+    """The normalised weights the E-step resampled with: softmax of log w, truncated thoughts at 0."""
+    import torch
+    from sample_thoughts import chunk_stats, eligible_log_w
+    lw = eligible_log_w([s["logw"] for s in samples], [s["truncated"] for s in samples])
+    return [float(w) for w in torch.softmax(lw, 0)], chunk_stats(samples)
+
+
+def samples_html(row, gold_result, result_fn):
+    w, (elbo, ess) = weights(row["samples"])
+    out = [f"<div>chunk ELBO {elbo:.2f}, ESS {ess:.2f} of {len(w)}</div>"]
+    for k, (s, wk) in enumerate(zip(row["samples"], w)):
+        chosen = k == row["chosen"]
+        tags = (["<b>chosen</b>"] if chosen else []) + (["truncated"] if s["truncated"] else [])
+        if gold_result is not None and result_fn(s["text"]) == gold_result:
+            tags.append("&#10003; gold result")
+        out.append(
+            f"<div class='sample{' chosen' if chosen else ''}'>"
+            f"<div class='thought'>[{k}] {esc(s['text'])}</div>"
+            f"<div>log q(Z|X,P) {s['logq']:.2f} &nbsp; log p(Z,X|P) {s['logp']:.2f} &nbsp; log w {s['logw']:.2f}"
+            f" &nbsp; w = {wk:.3f} {' '.join(tags)}</div>"
+            f"<div class='bar' title='normalised weight {wk:.3f}'><div style='width:{100 * wk:.1f}%'></div></div></div>")
+    return "\n".join(out)
+
+
+def thoughts_section(run_dir, cfg, n):
+    data = cfg.get("data_dir") or os.path.join(run_dir, "data")
+    chunks = os.path.join(data, "boot.chunks.jsonl")
+    if not os.path.exists(chunks):
+        return "<p>No bootstrap chunks in this run yet.</p>"
+    where = {c["id"]: (doc, i) for doc in read_chunks(chunks) for i, c in enumerate(doc)}
+    ids, found = pick_chunks(run_dir, cfg.get("iters", 0), where, n)
+    if not ids:
+        return "<p>No E-step shards in this run yet.</p>"
+    gold_path = os.path.join(data, "boot.gold.jsonl")
+    golds = read_thoughts(gold_path) if os.path.exists(gold_path) else {}  # real corpora have no gold thoughts
+    from data.mathworld import thought_result as result_fn  # what "the same result" means for the gold thoughts
+    out = [f"<p>{len(ids)} bootstrap chunks, the same in every iteration. Each thought Z was sampled from the "
+           "posterior q(Z | X, P) of the previous model; log w = log p(Z, X | P) - log q(Z | X, P); the bars are the "
+           "normalised weights softmax(log w) the E-step resampled ONE thought with (green: the one kept).</p>"]
+    for cid in ids:
+        doc, i = where[cid]
+        out.append(f"<h3>chunk {esc(cid)}</h3><div class='row'><div><b>prefix P</b> (previous "
+                   f"{cfg.get('n_prefix', 1)} chunks)<pre>{esc(chunk_prefix(doc, i, cfg.get('n_prefix', 1)))}"
+                   f"</pre></div><div><b>chunk X</b><pre>{esc(doc[i]['text'])}</pre></div></div>")
+        gold_result = None
+        if cid in golds:
+            gold_result = result_fn(golds[cid])
+            out.append(f"<p><b>gold thought</b> (the generator's own; never trained on): "
+                       f"<span class='gold'>{esc(golds[cid])}</span></p>")
+        out.append("<div class='iters'>")
+        for t, rows in found.items():
+            out.append(f"<div class='iter' data-iter='{t}' data-chunk='{esc(cid)}'><b>iteration {t}</b>: thoughts "
+                       f"from M_{t - 1}\n{samples_html(rows[cid], gold_result, result_fn)}</div>")
+        out.append("</div>")
+    return "\n".join(out)
+
+
+def page(title, body):
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
+
+
+NO_PLOTS = "<p class='note'>Plots are left out: matplotlib is not installed (<code>pip install matplotlib</code> draws them).</p>"
+
+
+def write_report(run_dir, out=None, n_chunks=N_CHUNKS):
+    """run_dir/report.html (or out): the whole run on one self-contained page. Returns its path."""
+    cfg, rows, note = read_results(run_dir)
+    plt = pyplot()
+    body = [settings_line(cfg)] + ([f"<p class='note'>{esc(note)}</p>"] if note else [])
+    body += ["<h2>Results</h2>", results_table(rows)]
+    if plt is None:
+        body.append(NO_PLOTS)
+    else:
+        body += ["<h2>Accuracy per EM iteration</h2>", plot_accuracy(plt, [("", rows)]),
+                 "<h2>The E-step per iteration</h2>", plot_estep(plt, rows),
+                 "<h2>Training curves</h2>", plot_training(plt, trainings(run_dir, cfg))]
+    body += ["<h2>Thoughts the E-step sampled</h2>", thoughts_section(run_dir, cfg, n_chunks)]
+    out = out or os.path.join(run_dir, "report.html")
+    with atomic_open(out) as f:  # a reader never opens a half-written page
+        f.write(page(f"Latent-thought EM: {os.path.basename(os.path.abspath(run_dir))}", "\n".join(body)))
+    return out
+
+
+def write_sweep(run_dirs, out):
+    """Several runs (a K or seed sweep) on one page: one accuracy plot, their tables side by side."""
+    runs = [(d, *read_results(d)) for d in run_dirs]
+    # label each run by the settings that differ between them (K=4, seed=1), else by its directory
+    keys = [k for k in ("K", "selection", "seed", "n_prefix", "max_thought_tokens", "continue_from_previous")
+            if len({json.dumps(c.get(k)) for _, c, _, _ in runs}) > 1]
+    label = lambda d, c: ", ".join(f"{k}={c.get(k)}" for k in keys) or os.path.basename(os.path.abspath(d))
+    plt = pyplot()
+    body = ["<h2>Accuracy per EM iteration</h2>",
+            plot_accuracy(plt, [(label(d, c), rows) for d, c, rows, _ in runs]) if plt else NO_PLOTS,
+            "<h2>Results</h2><div class='row'>"]
+    for d, c, rows, note in runs:
+        body.append(f"<div><h3>{esc(label(d, c))}</h3><p>{esc(d)}</p>{settings_line(c)}"
+                    + (f"<p class='note'>{esc(note)}</p>" if note else "") + results_table(rows) + "</div>")
+    body.append("</div>")
+    with atomic_open(out) as f:
+        f.write(page(f"Latent-thought EM: {len(runs)} runs", "\n".join(body)))
+    return out
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="One self-contained html page of a run (or of several, side by side).")
+    ap.add_argument("run_dirs", nargs="+")
+    ap.add_argument("--out", default=None, help="default: RUN_DIR/report.html for one run, sweep.html for several")
+    ap.add_argument("--chunks", type=int, default=N_CHUNKS, help="bootstrap chunks shown with their thoughts")
+    args = ap.parse_args()
+    if len(args.run_dirs) == 1:
+        path = write_report(args.run_dirs[0], args.out, args.chunks)
+    else:
+        path = write_sweep(args.run_dirs, args.out or "sweep.html")
+    print(f"wrote {path}: open it in a browser")

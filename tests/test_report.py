@@ -1,0 +1,165 @@
+"""report.html of a real smoke run: the table, the plots, the thoughts with their weights, escaping, the optional
+parts (matplotlib, gold thoughts), a sweep page, and the page as a headless browser renders it."""
+import base64
+import html
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from report import write_report, write_sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def copy_run(src, dst):
+    """The smoke run without its checkpoints and bins (the page reads neither): a copy a test may change."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", "*.bin"))
+    return str(dst)
+
+
+def shard(run, t):
+    path = os.path.join(run, f"iter{t}", "estep", "shards", "shard_00000.jsonl")
+    return path, {r["id"]: r for r in map(json.loads, open(path))}
+
+
+def blocks(page):
+    """{(iteration, chunk id): html of its K thoughts} of the thoughts section."""
+    parts = re.split(r"<div class='iter' data-iter='(\d+)' data-chunk='([^']*)'>", page)
+    return {(int(parts[i]), parts[i + 1]): parts[i + 2].split("<h3>")[0] for i in range(1, len(parts), 3)}
+
+
+def softmax_used(samples):
+    """The weights the E-step resampled with, recomputed here: truncated thoughts get 0 unless all K are."""
+    all_trunc = all(s["truncated"] for s in samples)
+    lw = [s["logw"] if all_trunc or not s["truncated"] else -math.inf for s in samples]
+    m = max(lw)
+    e = [math.exp(x - m) for x in lw]
+    return [x / sum(e) for x in e]
+
+
+@pytest.fixture(scope="module")
+def page(smoke_run):
+    return open(os.path.join(smoke_run, "report.html"), encoding="utf-8").read()
+
+
+def test_em_writes_the_page_with_every_row_and_the_plots(smoke_run, page):
+    rows = json.load(open(os.path.join(smoke_run, "results.json")))["rows"]
+    for name, r in rows.items():
+        assert f"<td>{name}</td><td>{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})</td><td>{r['n']}</td>" in page
+    e = rows["EM iteration 2"]["estep"]
+    assert f"<td>{e['elbo']:.2f}</td><td>{e['ess']:.2f}</td><td>{e['agree_chosen']:.3f} / {e['agree_random']:.3f}</td>" in page
+    imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">', page)
+    assert [a for a, _ in imgs] == ["accuracy per EM iteration", "E-step ELBO, effective sample size and gold agreement "
+                                    "per iteration", "train and validation loss of every training run"]
+    assert all(base64.b64decode(b).startswith(PNG) for _, b in imgs)
+    assert "http://" not in page and "https://" not in page and "<link" not in page  # nothing to fetch
+
+
+def test_the_thoughts_are_the_shards_with_their_weights(smoke_run, page):
+    got = blocks(page)
+    ids = sorted({c for _, c in got})
+    assert len(ids) == 4 and sorted(got) == sorted((t, c) for t in (1, 2) for c in ids)  # same chunks every iteration
+    chunks = {json.loads(l)["id"]: json.loads(l) for l in open(os.path.join(smoke_run, "data", "boot.chunks.jsonl"))}
+    golds = {json.loads(l)["id"]: json.loads(l)["thought"] for l in open(os.path.join(smoke_run, "data", "boot.gold.jsonl"))}
+    for c in ids:
+        assert chunks[c]["idx"] > 0  # never a document's first chunk, whose thoughts are all "Exercises."
+        assert f"<h3>chunk {c}</h3>" in page
+        assert f"<span class='gold'>{html.escape(golds[c])}</span>" in page
+    for (t, c), block in got.items():
+        row = shard(smoke_run, t)[1][c]
+        w = softmax_used(row["samples"])
+        shown = [float(x) for x in re.findall(r"w = ([0-9.]+)", block)]
+        assert len(shown) == len(row["samples"]) == 2
+        assert shown == pytest.approx(w, abs=1e-3)
+        bars = [float(x) for x in re.findall(r"<div style='width:([0-9.]+)%'>", block)]
+        assert bars == pytest.approx([100 * x for x in w], abs=0.1)
+        for s in row["samples"]:
+            assert f"log w {s['logw']:.2f}" in block and f"log q(Z|X,P) {s['logq']:.2f}" in block
+        # the chosen one is marked, and only it
+        marked = re.findall(r"<div class='sample( chosen)?'><div class='thought'>\[(\d)\]", block)
+        assert [int(k) for m, k in marked if m] == [row["chosen"]] and len(marked) == 2
+
+
+def test_thought_text_is_escaped(smoke_run, tmp_path, page):
+    run = copy_run(smoke_run, tmp_path / "run")
+    c = next(iter(blocks(page)))[1]
+    path, rows = shard(run, 1)
+    evil = "<script>alert('x')</script> & \x00"
+    rows[c]["samples"][0]["text"] = evil
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows.values())
+    out = write_report(run, str(tmp_path / "r.html"))
+    text = open(out, encoding="utf-8").read()
+    assert "<script>" not in text and "\x00" not in text
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; \\x00" in text
+
+
+def test_without_matplotlib_or_gold_thoughts_the_rest_stays(smoke_run, tmp_path, monkeypatch):
+    run = copy_run(smoke_run, tmp_path / "run")
+    os.remove(os.path.join(run, "data", "boot.gold.jsonl"))  # a real corpus has none
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    text = open(write_report(run), encoding="utf-8").read()
+    assert "<img" not in text and "<code>pip install matplotlib</code>" in text
+    assert "<td>EM iteration 2</td>" in text and len(blocks(text)) == 8
+    assert "class='gold'" not in text and "&#10003; gold result" not in text
+
+
+def test_a_run_without_results_json_shows_its_finished_stages(smoke_run, tmp_path):
+    run = copy_run(smoke_run, tmp_path / "run")
+    os.remove(os.path.join(run, "results.json"))
+    shutil.rmtree(os.path.join(run, "iter2", "mstep"))  # as if iteration 2's M-step were still training
+    text = open(write_report(run), encoding="utf-8").read()
+    assert "no results.json yet" in text
+    assert "<td>EM iteration 1</td>" in text and "<td>EM iteration 2</td>" not in text
+    assert len(blocks(text)) == 8  # iteration 2's E-step is done: its thoughts are shown
+
+
+def test_a_sweep_page_labels_runs_by_what_differs(smoke_run, tmp_path):
+    run = copy_run(smoke_run, tmp_path / "k4")
+    r = json.load(open(os.path.join(run, "results.json")))
+    r["config"]["K"] = 4
+    json.dump(r, open(os.path.join(run, "results.json"), "w"))
+    out = str(tmp_path / "sweep.html")
+    subprocess.run([sys.executable, "-m", "report", smoke_run, run, f"--out={out}"], cwd=ROOT, check=True,
+                   capture_output=True)
+    text = open(out, encoding="utf-8").read()
+    assert "<h3>K=2</h3>" in text and "<h3>K=4</h3>" in text
+    assert text.count("<table class='results'>") == 2 and text.count("data:image/png;base64,") == 1
+
+
+def test_a_failing_page_never_fails_the_run(smoke_run, tmp_path, monkeypatch, capsys):
+    import em
+    import report
+
+    def broken(run_dir):
+        raise RuntimeError("no ink")
+    monkeypatch.setattr(report, "write_report", broken)
+    run = copy_run(smoke_run, tmp_path / "run")
+    cfg = json.load(open(os.path.join(run, "results.json")))["config"]
+    rows = em.report({**cfg, "run_dir": run})
+    assert "EM iteration 2" in rows and "report.html not written: RuntimeError('no ink')" in capsys.readouterr().out
+
+
+BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no chromium, chromium-browser or google-chrome on PATH "
+                                            "(apt-get install chromium) to render the page headless")
+def test_a_browser_renders_the_table_plots_and_thoughts(smoke_run, tmp_path):
+    path = os.path.join(smoke_run, "report.html")
+    flags = [BROWSER, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(flags + ["--dump-dom", f"file://{path}"], capture_output=True, text=True, timeout=120).stdout
+    assert "<table class=\"results\">" in dom and "<td>EM iteration 2</td>" in dom
+    assert dom.count('src="data:image/png;base64,') == 3
+    assert dom.count('class="iter"') == 8 and dom.count('class="sample chosen"') == 8
+    shot = tmp_path / "page.png"
+    subprocess.run(flags + ["--window-size=1280,3000", f"--screenshot={shot}", f"file://{path}"], capture_output=True,
+                   timeout=120)
+    assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 50_000  # a drawn page, not a blank one
