@@ -134,22 +134,24 @@ class KVCache:
     together, and padding is hidden by the attention mask.
 
     Two ways to write. A chunk of tokens (prefill, scoring) goes to the Python int `pos`, and attention reads the
-    columns up to it: shapes that grow with every call. One decoded token goes to the column held in the tensor
-    `col` (set by generate), and attention reads the whole buffer: the same shapes at every step, so the step can
-    be captured once as a CUDA graph and replayed.
+    columns up to it. One decoded token goes to the column held in the tensor `col` (set by generate, so no step
+    needs a value from the host), and attention reads the first `width` columns: the whole buffer when the step is
+    compiled (the same shapes at every step, captured once as a CUDA graph and replayed), else the columns written
+    so far (reading the cache is most of a small model's decode step on a CPU).
     """
 
     def __init__(self, n_layer, B, n_head, T, head_dim, dtype, device):
         self.k = torch.zeros(n_layer, B, n_head, T, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.pos, self.n_layer = 0, n_layer
-        self.col = None  # (1,) long tensor once decoding one token at a time; None: write at `pos`
+        self.col, self.width = None, T  # col: a (1,) long tensor once decoding one token at a time; None: use `pos`
 
     def insert(self, layer, k, v):
         if self.col is not None:
             self.k[layer].index_copy_(2, self.col, k)
             self.v[layer].index_copy_(2, self.col, v)
-            return self.k[layer], self.v[layer]  # (B, nkv, T, hs): the mask hides unwritten and padding columns
+            # (B, nkv, width, hs): the step's mask hides padding and unwritten columns
+            return self.k[layer, :, :, :self.width], self.v[layer, :, :, :self.width]
         t = k.size(2)
         self.k[layer, :, :, self.pos:self.pos + t] = k
         self.v[layer, :, :, self.pos:self.pos + t] = v
@@ -289,12 +291,12 @@ class GPT(nn.Module):
     def decode_step(self, tok, pad, cache):
         """
         One new token per row: tok (B, 1) is written to the cache at column cache.col (a (1,) tensor) and attends
-        over the whole cache buffer, masked to the columns that are not left padding (pad (B,), per row) and not
-        after this one. Every step has the same shapes and reads no value on the host, so generate can compile it
-        into a CUDA graph. Returns float32 logits (B, padded_vocab) for the token after tok.
+        over the first cache.width columns, masked to those that are not left padding (pad (B,), per row) and not
+        after this one. It reads no value on the host; with cache.width the whole buffer, every step has the same
+        shapes, so generate can compile it into a CUDA graph. Returns float32 logits (B, padded_vocab).
         """
-        cols = torch.arange(cache.k.size(3), device=tok.device)
-        mask = (cols >= pad[:, None]) & (cols <= cache.col)  # (B, T)
+        cols = torch.arange(cache.width, device=tok.device)
+        mask = (cols >= pad[:, None]) & (cols <= cache.col)  # (B, width)
         pos = cache.col - pad[:, None]  # (B, 1): positions count from each row's first real token
         logits, _ = self(tok, pos=pos, cache=cache, mask=mask[:, None, None])
         return logits[:, -1].float()
@@ -312,8 +314,8 @@ class GPT(nn.Module):
         With temperature 0 (greedy) it is the log-prob under the untempered model (temperature 1).
 
         Each prompt is prefilled once and its cache copied into its num_samples rows; then decode_step adds one
-        token to every row per step. compile_step (CUDA only; ignored on CPU) compiles that step with CUDA graphs:
-        at small model sizes decode speed is set by Python and kernel-launch overhead, not by the arithmetic.
+        token to every row per step. compile_step (for a GPU) compiles that step with CUDA graphs: at small model
+        sizes decode speed is set by Python and kernel-launch overhead, not by the arithmetic.
         """
         device = self.lm_head.weight.device
         N, K = len(prompts), num_samples
@@ -353,8 +355,9 @@ class GPT(nn.Module):
         logits, pad = logits[rep, -1].float(), pad[rep]
         cache.col = torch.full((1,), P, device=device)  # decoding from here: the write column lives on the device
 
-        compiled = compile_step and device.type == "cuda"
-        step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True) if compiled else self.decode_step
+        step = self.decode_step
+        if compile_step:
+            step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True)
         B = N * K
         rows = torch.arange(B, device=device)  # which output row each live batch row is
         out_tok = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
@@ -363,7 +366,10 @@ class GPT(nn.Module):
 
         for t in range(max_new_tokens):
             if t > 0:
-                if compiled:
+                # compiled: attention over the whole buffer, one shape for every step; eager: only the columns so
+                # far, since on a CPU reading the cache is most of the step (the whole buffer costs ~10% there)
+                cache.width = cache.k.size(3) if compile_step else P + t
+                if compile_step:
                     # a CUDA graph copies its inputs in on every replay unless told their address is fixed: the
                     # cache's is, until a compaction replaces it (then a graph is recorded for the smaller batch)
                     torch._dynamo.mark_static_address(cache.k)

@@ -68,10 +68,13 @@ def test_cached_greedy_equals_uncached_on_ragged_batch(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_compaction_mid_decode_equals_uncached(family, monkeypatch):
+@pytest.mark.parametrize("compile_step", [False, True])
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch._dynamo warns about torch.jit
+def test_compaction_mid_decode_equals_uncached(family, compile_step, monkeypatch):
     """Rows that stop early are compacted out of the batch (every 16 steps, once half are done) while the others
-    decode on: the survivors still equal the uncached oracle, and every step between compactions has the same
-    shapes (the one-token step reads the whole cache buffer, not a slice that grows)."""
+    decode on: the survivors still equal the uncached oracle. With compile_step (here torch.compile is left out:
+    the step runs as written) every step between compactions has the same shapes, attention reading the whole
+    cache buffer; without it, attention reads the columns written so far."""
     m = tiny(family)
     with torch.no_grad():  # wider than the default init: greedy decoding wanders instead of repeating one token
         for p in m.parameters():
@@ -84,17 +87,27 @@ def test_compaction_mid_decode_equals_uncached(family, monkeypatch):
     shapes, step = [], GPT.decode_step
 
     def recording_step(self, tok, pad, cache):
-        shapes.append((tuple(tok.shape), tuple(pad.shape), tuple(cache.k.shape)))
+        shapes.append((tuple(tok.shape), tuple(pad.shape), tuple(cache.k.shape), cache.width))
         return step(self, tok, pad, cache)
 
     monkeypatch.setattr(GPT, "decode_step", recording_step)
-    toks = assert_equals_reference(m, prompts, 60, stop_tokens=stop)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    toks, lps, fin = m.generate(prompts, max_new_tokens=60, temperature=0, stop_tokens=stop,
+                                compile_step=compile_step)
+    for p, t, lp, f in zip(prompts, toks, lps, fin):
+        ref_t, ref_lp = reference_greedy(m, p, 60, stop)
+        assert t == ref_t and f == (ref_t[-1] in stop)
+        assert torch.allclose(torch.tensor(lp), torch.tensor(ref_lp), atol=1e-5, rtol=0)
     lengths = [len(t) for t in toks]
     assert sum(n <= 16 for n in lengths) >= len(prompts) // 2 and max(lengths) > 16, lengths
-    # one shape per batch size: 12 rows for steps 1..15, fewer from step 16 on, and the cache length never changes
-    sizes = [s[0][0] for s in shapes]
-    assert sizes[:15] == [12] * 15 and sizes[15] < 12 and len(set(shapes)) == len(set(sizes))
-    assert {s[2][3] for s in shapes} == {max(map(len, prompts)) + 60}
+    # 12 rows for steps 1..15, fewer from step 16 on; the cache's length never changes
+    sizes, T = [s[0][0] for s in shapes], max(map(len, prompts)) + 60
+    assert sizes[:15] == [12] * 15 and sizes[15] < 12
+    assert {s[2][3] for s in shapes} == {T}
+    if compile_step:  # one shape per batch size
+        assert len(set(shapes)) == len(set(sizes)) and {s[3] for s in shapes} == {T}
+    else:
+        assert [s[3] for s in shapes] == list(range(T - 59, T - 59 + len(shapes)))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
