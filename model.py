@@ -130,16 +130,28 @@ class Block(nn.Module):
 class KVCache:
     """
     Preallocated keys/values for every layer, (L, B, nkv, T, hs), nkv the key/value heads (fewer than the query
-    heads under grouped-query attention). All rows share one write column `pos`: prompts are left-padded so
-    they end together, and padding is hidden by the attention mask.
+    heads under grouped-query attention). All rows share one write column: prompts are left-padded so they end
+    together, and padding is hidden by the attention mask.
+
+    Two ways to write. A chunk of tokens (prefill, scoring) goes to the Python int `pos`, and attention reads the
+    columns up to it. One decoded token goes to the column held in the tensor `col` (set by generate, so no step
+    needs a value from the host), and attention reads the first `width` columns: the whole buffer when the step is
+    compiled (the same shapes at every step, captured once as a CUDA graph and replayed), else the columns written
+    so far (reading the cache is most of a small model's decode step on a CPU).
     """
 
     def __init__(self, n_layer, B, n_head, T, head_dim, dtype, device):
         self.k = torch.zeros(n_layer, B, n_head, T, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.pos, self.n_layer = 0, n_layer
+        self.col, self.width = None, T  # col: a (1,) long tensor once decoding one token at a time; None: use `pos`
 
     def insert(self, layer, k, v):
+        if self.col is not None:
+            self.k[layer].index_copy_(2, self.col, k)
+            self.v[layer].index_copy_(2, self.col, v)
+            # (B, nkv, width, hs): the step's mask hides padding and unwritten columns
+            return self.k[layer, :, :, :self.width], self.v[layer, :, :, :self.width]
         t = k.size(2)
         self.k[layer, :, :, self.pos:self.pos + t] = k
         self.v[layer, :, :, self.pos:self.pos + t] = v
@@ -276,21 +288,34 @@ class GPT(nn.Module):
         return (tok_logp * (torch.arange(Tm, device=device)[None] < n[:, None])).sum(1)
 
     # ------------------------------------------------------------------ sampling
+    def decode_step(self, tok, pad, cache):
+        """
+        One new token per row: tok (B, 1) is written to the cache at column cache.col (a (1,) tensor) and attends
+        over the first cache.width columns, masked to those that are not left padding (pad (B,), per row) and not
+        after this one. It reads no value on the host; with cache.width the whole buffer, every step has the same
+        shapes, so generate can compile it into a CUDA graph. Returns float32 logits (B, padded_vocab).
+        """
+        cols = torch.arange(cache.width, device=tok.device)
+        mask = (cols >= pad[:, None]) & (cols <= cache.col)  # (B, width)
+        pos = cache.col - pad[:, None]  # (B, 1): positions count from each row's first real token
+        logits, _ = self(tok, pos=pos, cache=cache, mask=mask[:, None, None])
+        return logits[:, -1].float()
+
     @torch.no_grad()
-    def generate(self, prompts, num_samples=1, max_new_tokens=256, temperature=1.0, top_k=None, top_p=None,
-                 stop_tokens=None, banned_tokens=None, seed=None, use_cache=True):
+    def generate(self, prompts, num_samples=1, max_new_tokens=256, temperature=1.0, stop_tokens=None,
+                 banned_tokens=None, seed=None, compile_step=False):
         """
         Sample continuations for a batch of prompts (lists of token ids, any lengths), num_samples per prompt.
 
         Returns (tokens, logprobs, finished), one entry per row, prompt-major: row i*num_samples + j is sample
         j of prompt i. A row's tokens end with the stop token that finished it (finished=True), else it ran to
         max_new_tokens. logprobs[r][t] is the log-prob of tokens[r][t] under the distribution it was drawn
-        from: softmax(logits / temperature), after banned tokens are removed and after top-k / top-p, which
-        TRUNCATE and renormalise it (so with top-k/top-p it is not the model's log q; the E-step uses neither).
+        from: softmax(logits / temperature) with banned tokens removed (the E-step's log q at temperature 1).
         With temperature 0 (greedy) it is the log-prob under the untempered model (temperature 1).
 
-        Each prompt is prefilled once and its cache copied into its num_samples rows. use_cache=False
-        recomputes the whole sequence every step (the slow reference, for tests and benchmarks).
+        Each prompt is prefilled once and its cache copied into its num_samples rows; then decode_step adds one
+        token to every row per step. compile_step (for a GPU) compiles that step with CUDA graphs: at small model
+        sizes decode speed is set by Python and kernel-launch overhead, not by the arithmetic.
         """
         device = self.lm_head.weight.device
         N, K = len(prompts), num_samples
@@ -305,45 +330,34 @@ class GPT(nn.Module):
                              f"{self.config.block_size}; shorten the prompt (data.latent.fit_context)")
         gen = torch.Generator(device=device)
         gen.manual_seed(seed if seed is not None else torch.seed())
-        V = self.config.vocab_size
         bias = torch.zeros(self.padded_vocab, device=device)
-        bias[V:] = float("-inf")  # padding rows of the embedding are not tokens
+        bias[self.config.vocab_size:] = float("-inf")  # padding rows of the embedding are not tokens
         if banned_tokens:
             bias[torch.tensor(list(banned_tokens), device=device)] = float("-inf")
         stop = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=device)
 
-        # left-pad so every prompt ends in column P-1; positions count from each row's first real token
+        # prefill: prompts left-padded to end in column P-1; positions count from each row's first real token
         pad = (P - lengths).to(device)
         idx = torch.zeros(N, P, dtype=torch.long)
         for i, p in enumerate(prompts):
             idx[i, P - len(p):] = torch.tensor(p)
-        idx = idx.to(device)
-        col = torch.arange(P + max_new_tokens, device=device)
-        valid = col[None] >= pad[:, None]  # (N, P+max_new): key columns a row may attend to (not padding)
+        hd = self.config.n_embd // self.config.n_head
+        dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
+            else self.lm_head.weight.dtype
+        cache = KVCache(self.config.n_layer, N, self.config.n_kv_head, P + max_new_tokens, hd, dtype, device)
+        col = torch.arange(P, device=device)
+        # causal and not padding; a padding query sees itself so no softmax row is empty
+        mask = ((col[None] <= col[:, None]) & (col >= pad[:, None, None])) | (col[None] == col[:, None])
+        logits, _ = self(idx.to(device), pos=(col[None] - pad[:, None]).clamp(min=0), cache=cache,
+                         mask=mask[:, None], last_only=True)
+        rep = torch.arange(N, device=device).repeat_interleave(K)
+        cache.select(rep)  # the prompt's cache, shared by its K sample rows
+        logits, pad = logits[rep, -1].float(), pad[rep]
+        cache.col = torch.full((1,), P, device=device)  # decoding from here: the write column lives on the device
 
-        def mask_for(q_cols, valid_rows):
-            # (B, 1, Tq, S): causal and not padding; a padding query sees itself so no softmax row is empty
-            S = int(q_cols[-1]) + 1
-            m = (col[None, :S] <= q_cols[:, None]) & valid_rows[:, None, :S]
-            return (m | (col[None, :S] == q_cols[:, None]))[:, None]
-
-        def positions(q_cols, pad_rows):
-            return (q_cols[None] - pad_rows[:, None]).clamp(min=0)
-
-        cache = None
-        if use_cache:
-            hd = self.config.n_embd // self.config.n_head
-            dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
-                else self.lm_head.weight.dtype
-            cache = KVCache(self.config.n_layer, N, self.config.n_kv_head, P + max_new_tokens, hd, dtype, device)
-            q_cols = col[:P]
-            logits, _ = self(idx, pos=positions(q_cols, pad), cache=cache, mask=mask_for(q_cols, valid), last_only=True)
-            rep = torch.arange(N, device=device).repeat_interleave(K)
-            cache.select(rep)  # the prompt's cache, shared by its K sample rows
-            logits = logits[rep]
-        else:
-            rep = torch.arange(N, device=device).repeat_interleave(K)
-        seq, pad, valid = idx[rep], pad[rep], valid[rep]
+        step = self.decode_step
+        if compile_step:
+            step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True)
         B = N * K
         rows = torch.arange(B, device=device)  # which output row each live batch row is
         out_tok = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
@@ -351,34 +365,30 @@ class GPT(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=device)
 
         for t in range(max_new_tokens):
-            if t > 0 or not use_cache:
-                if use_cache:
-                    q_cols = col[P + t - 1:P + t]
-                    logits, _ = self(seq[:, -1:], pos=positions(q_cols, pad), cache=cache,
-                                     mask=mask_for(q_cols, valid), last_only=True)
-                else:
-                    q_cols = col[:P + t]
-                    logits, _ = self(seq, pos=positions(q_cols, pad), mask=mask_for(q_cols, valid), last_only=True)
-            logits = logits[:, -1].float() + bias
+            if t > 0:
+                # compiled: attention over the whole buffer, one shape for every step; eager: only the columns so
+                # far, since on a CPU reading the cache is most of the step (the whole buffer costs ~10% there)
+                cache.width = cache.k.size(3) if compile_step else P + t
+                if compile_step:
+                    # a CUDA graph copies its inputs in on every replay unless told their address is fixed: the
+                    # cache's is, until a compaction replaces it (then a graph is recorded for the smaller batch)
+                    torch._dynamo.mark_static_address(cache.k)
+                    torch._dynamo.mark_static_address(cache.v)
+                    torch.compiler.cudagraph_mark_step_begin()
+                logits = step(nxt[:, None], pad, cache)
+                cache.col += 1
+            logits = logits + bias
             if temperature == 0:
                 nxt = logits.argmax(-1)
                 lp = F.log_softmax(logits, -1)
             else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, V), dim=-1).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                if top_p is not None:
-                    srt, order = torch.sort(logits, descending=True)
-                    cum = torch.softmax(srt, -1).cumsum(-1)
-                    drop = cum - torch.softmax(srt, -1) > top_p  # keep the smallest set reaching top_p
-                    logits = logits.scatter(-1, order, srt.masked_fill(drop, float("-inf")))
-                lp = F.log_softmax(logits, -1)
-                nxt = torch.multinomial(lp.exp(), 1, generator=gen).squeeze(-1)
+                lp = F.log_softmax(logits / temperature, -1)
+                # torch.multinomial's own method for one sample (argmax of p / Exp(1) noise, so the same draws
+                # from the same seed), without its check of the probabilities, which is a host sync
+                nxt = (lp.exp() / torch.empty_like(lp).exponential_(1, generator=gen)).argmax(-1)
             out_tok[rows, t] = nxt
             out_lp[rows, t] = lp.gather(-1, nxt[:, None]).squeeze(-1)
             done[rows] |= torch.isin(nxt, stop)
-            seq = torch.cat([seq, nxt[:, None]], 1) if not use_cache else nxt[:, None]
             # checking for finished rows costs a host sync: do it every 16 steps, and then drop finished
             # rows from the batch when they are at least half of it (no compute on rows that are done)
             if (t + 1) % 16 == 0 and t + 1 < max_new_tokens:
@@ -388,10 +398,8 @@ class GPT(nn.Module):
                     break
                 if n_live <= len(rows) // 2:
                     keep = live.nonzero().squeeze(-1)
-                    rows, pad, valid = rows[keep], pad[keep], valid[keep]
-                    seq = seq[keep]
-                    if cache is not None:
-                        cache.select(keep)
+                    rows, pad, nxt = rows[keep], pad[keep], nxt[keep]
+                    cache.select(keep)
 
         # a row's length runs to its first stop token, inclusive
         is_stop = torch.isin(out_tok, stop) if len(stop) else torch.zeros_like(out_tok, dtype=torch.bool)

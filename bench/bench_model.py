@@ -1,6 +1,7 @@
 """
-Benchmark of model.py (not a test): decode tokens/s of batched KV-cache sampling vs uncached sampling, and
-prefill / teacher-forced scoring tokens/s, for the GPT-2-124M shape and the default embedded-corpus model.
+Benchmark of model.py (not a test): decode tokens/s of batched KV-cache sampling, and prefill / teacher-forced
+scoring tokens/s, for the GPT-2-124M shape and the default embedded-corpus model. bench/bench_decode_peer.py puts
+decoding beside Hugging Face's generate.
 
     python bench/bench_model.py            # on a GPU: bf16 autocast
     python bench/bench_model.py --quick    # a tiny smoke run on CPU
@@ -51,10 +52,6 @@ for name, (cfg, n_prompts, plen, new, K) in SHAPES.items():
         # no stop tokens: every row decodes exactly `new` tokens, so tokens/s is well defined
         dt = timed(lambda: model.generate(prompts, num_samples=K, max_new_tokens=new, temperature=1.0, seed=0), 2)
         dec = n_prompts * K * new / dt
-        few = prompts[: max(1, n_prompts // 16)]
-        dt_u = timed(lambda: model.generate(few, num_samples=K, max_new_tokens=new // 4, temperature=1.0,
-                                            seed=0, use_cache=False), 1)
-        unc = len(few) * K * (new // 4) / dt_u
         seqs = [p + torch.randint(0, cfg.vocab_size, (new,), generator=g).tolist() for p in prompts[:64]]
         dt_s = timed(lambda: model.score(seqs, [len(p) for p in prompts[:64]]))
         sc = sum(map(len, seqs)) / dt_s
@@ -62,5 +59,4 @@ for name, (cfg, n_prompts, plen, new, K) in SHAPES.items():
         dt_p = timed(lambda: model(idx, last_only=True))
         pre = idx.numel() / dt_p
     print(f"{name:22s} {device}: decode (KV cache, {n_prompts}x{K} rows) {dec:12,.0f} tok/s | "
-          f"uncached {unc:10,.0f} tok/s ({dec / unc:5.1f}x) | prefill {pre:12,.0f} tok/s | score {sc:12,.0f} tok/s",
-          flush=True)
+          f"prefill {pre:12,.0f} tok/s | score {sc:12,.0f} tok/s", flush=True)
