@@ -55,7 +55,7 @@ train_config = "config/train_mathworld.py"
 train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
 base_epochs = 2.0         # pretrain the base on the background text for this many passes (0 = a fresh init)
 mstep_epochs = 3.5        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap)
-m0_epochs = 8.0           # M_0's budget, in passes over the warm-start split (method.md: the paper's is small)
+m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (method.md: the paper's is small)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 # E-step (sample_thoughts.py)
 K = 4
@@ -64,7 +64,7 @@ n_prefix = 1              # prefix chunks given to the posterior (method.md: 3 w
 max_thought_tokens = 48
 estep_batch = 128         # chunks per batch (each with K rows)
 # evaluation (eval_math.py)
-eval_split = "valid"      # valid: problems for choosing settings | eval: the held-out evaluation set
+eval_split = "eval"       # eval: the held-out evaluation set (final tables) | valid: other problems, for choosing settings
 eval_data = ""            # any MATH- or GSM8K-shaped jsonl instead of the data directory's {eval_split}.jsonl
 eval_exemplars = ""       # its few-shot exemplars ("" = the data directory's exemplars.jsonl, or GSM8K's train.jsonl)
 eval_shots = 2
@@ -244,6 +244,7 @@ def main(argv):
                     **cfg["train_overrides"], val_bins=val)
     gold = os.path.join(data, "boot.gold.jsonl") if have("boot.gold.jsonl") else None  # only where gold exists
     eval_data = cfg["eval_data"] or os.path.join(data, cfg["eval_split"] + ".jsonl")
+    valid = os.path.join(data, "valid.jsonl") if have("valid.jsonl") and not cfg["eval_data"] else None
     exemplars = cfg["eval_exemplars"] or (os.path.join(data, "exemplars.jsonl") if have("exemplars.jsonl") else "")
 
     # the base every training restarts from (method.md, M-step). The paper's base is a pretrained LM; ours is
@@ -274,8 +275,14 @@ def main(argv):
         r = evaluate(s["ckpt"], eval_data, exemplars=exemplars,
                      n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
                      limit=cfg["eval_limit"] or None, out_dir=os.path.join(d, "eval"))
-        return {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s"),
-                **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
+        out = {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s"),
+               **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
+        if valid and valid != eval_data:  # the validation problems too: settings are chosen on these, not on eval
+            v = evaluate(s["ckpt"], valid, exemplars=exemplars, n_shot=cfg["eval_shots"],
+                         max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
+                         limit=cfg["eval_limit"] or None, out_dir=os.path.join(d, "valid"))
+            out["valid"] = {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown")}
+        return out
 
     rows = {}
     # warm start (method.md): M_0 on the warm-start split with the teacher's thoughts
@@ -342,13 +349,14 @@ def report(cfg):
     """results.md and results.json; results.png when matplotlib is installed (an optional extra)."""
     rd, rows = cfg["run_dir"], collect(cfg)
     lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, {'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}",
-             "", "| run | accuracy (95% CI) | val loss raw / aug | E-step ELBO | ESS | gold result: chosen / random | "
-             "tokens trained | training time | E-step time |", "|---|---|---|---|---|---|---|---|---|"]
+             "", f"| run | accuracy (95% CI) on {cfg['eval_split']} | on valid | val loss raw / aug | E-step ELBO | ESS | gold result: chosen / random | "
+             "tokens trained | training time | E-step time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         e, v = r.get("estep", {}), r.get("val") or {}
         num = lambda x, f: "" if x is None else format(x, f)
         agree = f"{e['agree_chosen']:.3f} / {e['agree_random']:.3f}" if e.get("agree_chosen") is not None else ""
         lines.append(f"| {name} | {r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f}) | "
+                     f"{num((r.get('valid') or {}).get('accuracy'), '.3f')} | "
                      f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')} | {num(e.get('elbo'), '.2f')} | "
                      f"{num(e.get('ess'), '.2f')} | {agree} | {r['tokens'] / 1e6:.2f}M | {num(r.get('train_s', 0) / 60, '.1f')} min | "
                      f"{num(e['wall_s'] / 60, '.1f') + ' min' if e else ''} |")

@@ -15,6 +15,7 @@ from collections import defaultdict
 from contextlib import nullcontext
 
 import torch
+from tqdm import tqdm
 
 from configurator import apply, defaults_of, parse_args
 from data.files import read_jsonl, write_json, write_jsonl
@@ -129,6 +130,7 @@ def evaluate(ckpt, data, exemplars=None, n_shot=4, style="auto", max_new_tokens=
     order = sorted(mine, key=lambda i: len(prompts[i]))  # similar lengths per batch: little padding
     ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
     results = []
+    bar = tqdm(total=len(order), unit="problem", desc="evaluation", disable=rank != 0 or not sys.stderr.isatty())
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         batch = [prompts[i] for i in idx]
@@ -150,6 +152,8 @@ def evaluate(ckpt, data, exemplars=None, n_shot=4, style="auto", max_new_tokens=
             results.append(dict(index=i, id=rows[i]["id"], prompt=show(tok, prompts[i]), generation=show(tok, g),
                                 thought=thought, graded=text, extracted=pred, gold=rows[i]["gold"], correct=ok,
                                 reason=reason, **{k: rows[i][k] for k in ("subject", "level", "family") if k in rows[i]}))
+        bar.update(len(idx))
+    bar.close()
     if world > 1:
         parts = [None] * world
         dist.all_gather_object(parts, (results, dropped))

@@ -17,11 +17,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.files import write_jsonl  # noqa: E402
+from data.tokenizer import get_tokenizer  # noqa: E402
 from model import GPT, GPTConfig, model_args, save_checkpoint  # noqa: E402
 from sample_thoughts import sample_thoughts  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--quick", action="store_true")
+p.add_argument("--byte_model", action="store_true", help="the earlier default: a byte-level 6x384 model and synthetic "
+               "chunks of the same shape, as this script generated them before (to compare code versions)")
 p.add_argument("--ckpt", default="", help="a checkpoint to use instead of a random model of the default shape")
 p.add_argument("--chunks", default="", help="a chunk file to use instead of synthetic chunks")
 p.add_argument("--n_docs", type=int, default=1000, help="synthetic documents (2 chunks each)")
@@ -50,12 +53,16 @@ def synthetic_chunks(path, n_docs):
 with tempfile.TemporaryDirectory() as tmp:
     ckpt = args.ckpt
     if not ckpt:
-        cfg = GPTConfig(block_size=1024, vocab_size=261, n_layer=6, n_head=6, n_embd=384)
+        # random weights of the default model's shape (config/train_mathworld.py), or the earlier byte-level default
+        tok_name = "byte" if args.byte_model else "mathworld"
+        V = get_tokenizer(tok_name).n_vocab
+        cfg = GPTConfig(block_size=1024, vocab_size=V, n_layer=6, n_head=6, n_embd=384) if args.byte_model else \
+            GPTConfig(block_size=256, vocab_size=V, n_layer=4, n_head=4, n_embd=128, rope_theta=10000.0)
         if args.quick:
-            cfg = GPTConfig(block_size=256, vocab_size=261, n_layer=2, n_head=2, n_embd=64)
+            cfg = GPTConfig(block_size=256, vocab_size=V, n_layer=2, n_head=2, n_embd=64)
         torch.manual_seed(0)
         ckpt = os.path.join(tmp, "random.pt")
-        save_checkpoint(ckpt, {"model": GPT(cfg).state_dict(), "model_args": model_args(cfg), "tokenizer": "byte",
+        save_checkpoint(ckpt, {"model": GPT(cfg).state_dict(), "model_args": model_args(cfg), "tokenizer": tok_name,
                                "latent": True})
     chunks = args.chunks
     if not chunks:

@@ -29,6 +29,7 @@ teacher_error_rate makes the teacher imperfect: that fraction of derivations get
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -130,9 +131,11 @@ def derivation(steps, answer, rng=None, error_rate=0.0):
 
 
 def thought_result(text):
-    """The result a thought arrives at (what follows the last '=>'), or None if it states none."""
+    """The result a thought arrives at: what follows the last '=>' (this world's thoughts), else the last number
+    (a worked solution of a real corpus, e.g. GSM8K's), or None if it states none."""
     if "=>" not in text:
-        return None
+        nums = re.findall(r"-?\d[\d,]*(?:\.\d+)?", text)
+        return nums[-1].replace(",", "").rstrip(".") if nums else None
     r = text.rsplit("=>", 1)[1].strip()
     return r or None
 
