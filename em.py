@@ -212,8 +212,8 @@ def main(argv):
             f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": argv, "config": cfg}) + "\n")
     data = os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else os.path.join(rd, "data")
     if cfg["reuse_from"] and rank0():
-        # share the corpus, base, M_0 and baselines of another run: the K / selection ablations start from them
-        for name in ("data", "base", "m0", "raw_token_match", "raw_flop_match"):
+        # share the corpus, base, M_0, baselines and oracle of another run: the K / selection ablations start from them
+        for name in ("data", "base", "m0", "raw_token_match", "raw_flop_match", "oracle"):
             src, dst = os.path.join(os.path.abspath(cfg["reuse_from"]), name), os.path.join(rd, name)
             if os.path.exists(src) and not os.path.lexists(dst):
                 os.symlink(src, dst)
