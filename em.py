@@ -349,7 +349,7 @@ def report(cfg):
     """results.md and results.json; results.png when matplotlib is installed (an optional extra)."""
     rd, rows = cfg["run_dir"], collect(cfg)
     lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, {'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}",
-             "", f"| run | accuracy (95% CI) on {cfg['eval_split']} | on valid | val loss raw / aug | E-step ELBO | ESS | gold result: chosen / random | "
+             "", f"| run | accuracy (95% CI) on {cfg.get('eval_split', 'eval')} | on valid | val loss raw / aug | E-step ELBO | ESS | gold result: chosen / random | "
              "tokens trained | training time | E-step time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         e, v = r.get("estep", {}), r.get("val") or {}

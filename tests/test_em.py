@@ -111,7 +111,7 @@ def test_report_replaces_results_whole(tmp_path):
 
 
 def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
-    """em.py --data_dir: GSM8K's first 60 training problems as the corpus (their worked solutions as the warm-start
+    """em.py --data_dir: GSM8K's first 120 training problems as the corpus (their worked solutions as the warm-start
     thoughts, data/prepare.py gsm8k), the gpt2 tokenizer recorded in the directory, a fresh base (no background
     text), GSM8K test rows as the evaluation set; every stage runs and the gold-based figures come from the
     solutions of the bootstrap split."""
@@ -120,16 +120,16 @@ def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
         pytest.skip(f"GSM8K not found at {shared} (the shared data sets beside the repository)")
     data = str(tmp_path / "gsm8k")
     r = subprocess.run([sys.executable, "-m", "data.prepare", "gsm8k", f"--train={shared}/train.jsonl",
-                        f"--test={shared}/test.jsonl", f"--out_dir={data}", "--limit=60"], cwd=ROOT,
+                        f"--test={shared}/test.jsonl", f"--out_dir={data}", "--limit=120", "--val_fraction=0.25"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     d = str(tmp_path / "run")
     em(d, f"--data_dir={data}", "--base_epochs=0", "--iters=1", "--eval_limit=6", "--eval_shots=0",
-       "--eval_max_new_tokens=16", "--max_thought_tokens=24", "--train_overrides={'block_size': 512, 'n_layer': 1}")
+       "--eval_max_new_tokens=16", "--max_thought_tokens=24", "--train_overrides={'block_size': 256, 'n_layer': 1}")
     rows = json.load(open(os.path.join(d, "results.json")))["rows"]
     assert set(rows) >= {"M0 (warm start)", "raw-token-match", "raw-FLOP-match", "EM iteration 1"}
     assert all(r["n"] == 6 for r in rows.values())
     e = rows["EM iteration 1"]["estep"]
     assert e["chunks"] > 0 and e["gold_chunks"] > 0 and e["agree_chosen"] is not None
     assert json.load(open(os.path.join(d, "m0", "eval", "results.json")))["data"].endswith("eval.jsonl")
-    assert not os.path.exists(os.path.join(d, "data"))  # the corpus is read where it is, never copied
+    assert os.listdir(os.path.join(d, "data")) == ["stage.json"]  # the corpus is read where it is, never copied

@@ -265,9 +265,9 @@ def test_bad_chunk_files_are_errors_naming_file_and_line(tmp_path):
 
 def test_the_embedded_corpus_meets_the_contract(tmp_path):
     from data.mathworld import prepare
-    prepare(str(tmp_path / "m"), n_docs=20, n_val_docs=4, n_eval=4)
+    prepare(str(tmp_path / "m"), n_docs=20, n_val_docs=4, n_eval=4, n_valid=4, n_background_docs=4)
     assert check_contract(str(tmp_path / "m")) == {"val_aug": True, "val_thoughts": True, "boot_gold": True,
-                                                   "eval": True, "exemplars": True, "valid": False}
+                                                   "eval": True, "exemplars": True, "valid": True}
     os.remove(tmp_path / "m" / "warm_aug.bin")
     with pytest.raises(FileNotFoundError, match="missing warm_aug.bin .made by: python -m data.prepare warm"):
         check_contract(str(tmp_path / "m"))

@@ -105,11 +105,11 @@ def test_batches_are_a_pure_function_of_seed_step_micro_rank(tmp_path):
 
 def test_config_typo_is_an_error(tmp_path):
     b = text_bin(tmp_path)
-    with pytest.raises(ValueError, match="unknown config key 'learnig_rate'"):
+    with pytest.raises(ValueError, match="unknown config key --learnig_rate; did you mean --learning_rate"):
         train(out_dir=str(tmp_path / "r"), train_bins=[b], learnig_rate=1e-3)
     cfg_file = tmp_path / "bad.py"
     cfg_file.write_text("batch_size = 4\nn_layers = 2\n")
-    with pytest.raises(ValueError, match=f"{cfg_file}.*unknown config key 'n_layers'"):
+    with pytest.raises(ValueError, match=f"{cfg_file}.*unknown config key --n_layers; did you mean --n_layer"):
         train(str(cfg_file), out_dir=str(tmp_path / "r"), train_bins=[b])
     with pytest.raises(TypeError, match="batch_size"):
         train(out_dir=str(tmp_path / "r"), train_bins=[b], batch_size="4")
