@@ -56,9 +56,13 @@ def test_em_writes_the_page_with_every_row_and_the_plots(smoke_run, page):
     e = rows["EM iteration 2"]["estep"]
     assert f"<td>{e['elbo']:.2f}</td><td>{e['ess']:.2f}</td><td>{e['agree_chosen']:.3f} / {e['agree_random']:.3f}</td>" in page
     imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">', page)
-    assert [a for a, _ in imgs] == ["accuracy per EM iteration", "E-step ELBO, effective sample size and gold agreement "
+    try:
+        import matplotlib  # noqa: F401  (an optional extra: without it the plots are left out, tested below)
+    except ImportError:
+        imgs = None
+    assert imgs is None or [a for a, _ in imgs] == ["accuracy per EM iteration", "E-step ELBO, effective sample size and gold agreement "
                                     "per iteration", "train and validation loss of every training run"]
-    assert all(base64.b64decode(b).startswith(PNG) for _, b in imgs)
+    assert imgs is None or all(base64.b64decode(b).startswith(PNG) for _, b in imgs)
     assert "http://" not in page and "https://" not in page and "<link" not in page  # nothing to fetch
 
 
