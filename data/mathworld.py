@@ -309,10 +309,14 @@ def main(argv):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n_docs", type=int, default=2000)  # as em.py
     ap.add_argument("--teacher_error_rate", type=float, default=0.0)
+    ap.add_argument("--families", default="chain,total,word", help="comma-separated (as em.py's default)")
+    ap.add_argument("--max_level", type=int, default=2)  # as em.py
+    ap.add_argument("--warm_fraction", type=float, default=0.2)  # as em.py
     args = ap.parse_args(argv)
+    world = dict(families=tuple(args.families.split(",")), max_level=args.max_level)
     if args.show:
-        tok = get_tokenizer("byte")
-        docs, held, _ = generate(args.seed, args.show, teacher_error_rate=args.teacher_error_rate, n_eval=5)
+        tok = get_tokenizer("mathworld")
+        docs, held, _ = generate(args.seed, args.show, teacher_error_rate=args.teacher_error_rate, n_eval=5, **world)
         for i, doc in enumerate(docs):
             print(f"===== document {i}, raw =====\n" + "".join(c["text"] for c in doc))
             ids = augmented_document(tok, [c["text"] for c in doc], [c["thought"] for c in doc], (args.seed, i))
@@ -320,7 +324,8 @@ def main(argv):
     if args.out_dir:
         import time
         t0 = time.time()
-        meta = prepare(args.out_dir, args.seed, args.n_docs, teacher_error_rate=args.teacher_error_rate)
+        meta = prepare(args.out_dir, args.seed, args.n_docs, warm_fraction=args.warm_fraction,
+                       teacher_error_rate=args.teacher_error_rate, problems_per_doc=(3, 5), **world)
         secs, mb = time.time() - t0, sum(os.path.getsize(os.path.join(args.out_dir, f"{s}.chunks.jsonl"))
                                          for s in ("warm", "boot", "val")) / 1e6
         print(json.dumps(meta, indent=1))
