@@ -28,11 +28,12 @@ import time
 import torch
 
 from configurator import defaults_of, parse_args
-from data.files import atomic_open, build_augmented_bin, check_contract, open_bin, read_meta, write_json
+from data.files import atomic_open, build_augmented_bin, check_contract, check_settings, open_bin, read_meta, write_json
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
 from eval_math import evaluate
 from sample_thoughts import sample_thoughts
+from model import setup
 from train import make_base, train
 
 # ----------------------------------------------------------------------------- config
@@ -153,13 +154,9 @@ class Stages:
         if os.path.exists(done):
             with open(done) as f:
                 result = json.load(f)
-            had = result.get("stage_config", want)
-            diff = sorted(k for k in set(had) | set(want) if had.get(k) != want.get(k))
-            if diff:
-                raise ValueError(f"{done}: this stage finished with " + ", ".join(f"{k}={had.get(k)!r}" for k in diff)
-                                 + "; now asked for " + ", ".join(f"{k}={want.get(k)!r}" for k in diff)
-                                 + ". Use another --run_dir (--reuse_from shares the corpus, M_0 and baselines), "
-                                   "or --force=True to start over")
+            check_settings(done, result.get("stage_config", want), want,
+                           hint="Use another --run_dir (--reuse_from shares the corpus, M_0 and baselines), "
+                                "or --force=True to start over")
             return result
         os.makedirs(d, exist_ok=True)
         self.n_run += 1
@@ -195,10 +192,7 @@ def main(argv):
     rd = cfg["run_dir"]
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        if gpu:
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        torch.distributed.init_process_group("nccl" if gpu else "gloo")
+    setup()  # torchrun: one process group for every stage
     preset = "gpu" if gpu and not files else "cpu"
     log(f"{'GPU' if gpu else 'no GPU: CPU'} preset{' with ' + ', '.join(files) if files else ''}; run_dir {rd}; "
         f"{cfg['iters']} EM iterations, K={cfg['K']}; {torch.get_num_threads()} CPU threads"
@@ -284,17 +278,16 @@ def main(argv):
             out["valid"] = {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown")}
         return out
 
-    rows = {}
     # warm start (method.md): M_0 on the warm-start split with the teacher's thoughts
     if cfg["em"]:
-        rows["M0 (warm start)"] = stage("m0", lambda d: fit_and_eval(
+        stage("m0", lambda d: fit_and_eval(
             d, [os.path.join(data, "warm_aug.bin")], cfg["m0_epochs"] * size["warm_aug"], base, True))
     # raw baselines (method.md): the same documents without thoughts
     raw = [os.path.join(data, "warm_raw.bin"), os.path.join(data, "boot_raw.bin")]
     if cfg["baselines"]:
-        rows["raw-token-match"] = stage("raw_token_match", lambda d: fit_and_eval(   # same raw tokens and epochs
+        stage("raw_token_match", lambda d: fit_and_eval(   # same raw tokens and epochs
             d, raw, cfg["mstep_epochs"] * (size["warm_raw"] + size["boot_raw"]), base, False))
-        rows["raw-FLOP-match"] = stage("raw_flop_match", lambda d: fit_and_eval(     # as many tokens as an M-step
+        stage("raw_flop_match", lambda d: fit_and_eval(    # as many tokens as an M-step
             d, raw, budget, base, False))
 
     # an upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the E-step
@@ -305,7 +298,7 @@ def main(argv):
             build_augmented_bin(get_tokenizer(read_meta(data)["tokenizer"]), os.path.join(data, "boot.chunks.jsonl"),
                                 gold, gold_bin, cfg["seed"])
             return fit_and_eval(d, [os.path.join(data, "warm_aug.bin"), gold_bin], budget, base, True)
-        rows["gold thoughts (oracle)"] = stage("oracle", with_gold)
+        stage("oracle", with_gold)
 
     # EM: the E-step with M_{t-1} infers thoughts for the bootstrap split; the M-step trains M_t from the base
     prev = os.path.join(rd, "m0", "ckpt.pt")
@@ -317,18 +310,16 @@ def main(argv):
         init = prev if cfg["continue_from_previous"] else base
         m = stage(f"iter{t}/mstep", lambda d: fit_and_eval(
             d, [os.path.join(data, "warm_aug.bin"), os.path.join(rd, f"iter{t}", "estep", "aug.bin")], budget, init, True))
-        rows[f"EM iteration {t}"] = {**m, "estep": e, "wall_s": m["wall_s"] + e["wall_s"]}
         prev = os.path.join(rd, f"iter{t}", "mstep", "ckpt.pt")
         log(f"iteration {t}: accuracy {m['accuracy']:.3f}; E-step ELBO {e['elbo']:.2f}, ESS {e['ess']:.2f} of {cfg['K']}"
             + (f", chosen thoughts with the gold result {e['agree_chosen']:.3f} (random of K: {e['agree_random']:.3f})"
                if e.get("agree_chosen") is not None else ""))
-    if rank0():
-        rows = report(cfg)
-    return rows
+    return report(cfg) if rank0() else None
 
 
 def collect(cfg):
-    """Every finished row of run_dir, read from the stages' files (another process may have made some of them)."""
+    """The result table's rows, read from the stages' files: the one place they are built (another process sharing
+    run_dir, em=False, may have made some of them)."""
     rd, rows = cfg["run_dir"], {}
 
     def load(name):

@@ -12,7 +12,6 @@ import re
 import sys
 import time
 from collections import defaultdict
-from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
@@ -22,7 +21,7 @@ from data.files import read_jsonl, write_json, write_jsonl
 from data.latent import latent_eval_prompt, raw_eval_prompt, show
 from data.tokenizer import get_tokenizer
 from grader import extract_answer, grade, is_equiv, normalize  # noqa: F401  (re-exported)
-from model import load_checkpoint
+from model import load_checkpoint, setup
 
 # -----------------------------------------------------------------------------
 ckpt = ""                 # a checkpoint of train.py (ckpt["latent"] picks the prompt style)
@@ -79,41 +78,57 @@ def wilson(k, n, z=1.96):
 
 # ============================================================================= evaluation
 
-def evaluate(ckpt, data, exemplars=None, n_shot=4, style="auto", max_new_tokens=512, batch_size=64, limit=None,
-             out_dir=None, device="auto", timeout=5.0):
-    """Greedy few-shot accuracy of a checkpoint on a problem file. Returns the summary dict (every rank)."""
+def evaluate(ckpt, data, exemplars="", **settings):
+    """Greedy few-shot accuracy of a checkpoint on a problem file. settings: the keys of the config block above,
+    whose defaults apply to the rest. Returns the summary dict (every rank)."""
+    cfg = apply(DEFAULTS, {**settings, "ckpt": ckpt, "data": data, "exemplars": exemplars or ""}, "evaluate()")
     t0 = time.time()
-    dist = torch.distributed
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-    rows = load_rows(data)[:limit or None]
+    rows = load_rows(data)[:cfg["limit"] or None]
     if not rows:
         raise ValueError(f"{data}: no problems")
+    exemplars = cfg["exemplars"]
     if not exemplars:  # only GSM8K has a default: the first problems of its own train.jsonl
         sibling = os.path.join(os.path.dirname(os.path.abspath(data)), "train.jsonl")
         if rows[0]["kind"] != "gsm8k" or not os.path.exists(sibling):
             raise ValueError(f"{data}: no exemplars given (a jsonl of solved problems in the same shape); only "
                              f"GSM8K-shaped data defaults to a train.jsonl beside it ({sibling})")
         exemplars = sibling
-    shots = load_rows(exemplars)[:n_shot]
-
-    if device == "auto":
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    model, ck = load_checkpoint(ckpt, device)
+    shots = load_rows(exemplars)[:cfg["n_shot"]]
+    c = setup(cfg["device"])
+    model, ck = load_checkpoint(ckpt, c.device)
     model.eval()
     tok = get_tokenizer(ck["tokenizer"])
-    style = ("latent" if ck.get("latent") else "raw") if style == "auto" else style
+    style = ("latent" if ck.get("latent") else "raw") if cfg["style"] == "auto" else cfg["style"]
     if style not in ("raw", "latent"):
         raise ValueError(f"style must be auto, raw or latent, got {style!r}")
+    mine = [i for i in range(len(rows)) if i % c.world == c.rank]
+    prompts, dropped = few_shot_prompts(tok, style, rows, mine, shots, model.config.block_size, cfg["max_new_tokens"])
+    results = []
+    for idx, gens in generate_answers(model, tok, style, prompts, cfg, c):
+        for i, g in zip(idx, gens):
+            results.append(grade_generation(tok, style, i, rows[i], prompts[i], g, cfg["timeout"]))
+    if c.world > 1:
+        parts = [None] * c.world
+        torch.distributed.all_gather_object(parts, (results, dropped))
+        results, dropped = [r for p in parts for r in p[0]], sum(p[1] for p in parts)
+    results.sort(key=lambda r: r["index"])
+    summary = dict(**accuracy(results), style=style, n_shot=len(shots), dropped_exemplars=dropped, ckpt=str(ckpt),
+                   data=str(data), wall_s=time.time() - t0)
+    if cfg["out_dir"] and c.rank == 0:
+        write_json(os.path.join(cfg["out_dir"], "results.json"), summary)
+        write_jsonl(os.path.join(cfg["out_dir"], "problems.jsonl"), results)
+    return summary
 
+
+def few_shot_prompts(tok, style, rows, mine, shots, T, max_new_tokens):
+    """The prompt of each problem (method.md, Evaluation): exemplars, then the problem. A prompt must leave room
+    for an answer: exemplars are dropped from the front until it does. Returns (prompts by index, how many lost some)."""
     def prompt_for(problem, shots):
         if style == "raw":
             return raw_eval_prompt(tok, [(s["problem"], s["raw_solution"]) for s in shots], problem)
         return latent_eval_prompt(tok, [(s["problem"], s["thought"], s["gold"]) for s in shots], problem)
 
-    # a prompt must leave room for an answer: drop exemplars from the front until it does
-    T = model.config.block_size
     room = min(max_new_tokens, T // 4)
-    mine = [i for i in range(len(rows)) if i % world == rank]
     prompts, dropped = {}, 0
     for i in mine:
         k = 0
@@ -124,42 +139,46 @@ def evaluate(ckpt, data, exemplars=None, n_shot=4, style="auto", max_new_tokens=
             k += 1
         dropped += k > 0
         prompts[i] = p[-(T - room):]  # the problem alone too long: keep its end (rare)
+    return prompts, dropped
 
+
+def generate_answers(model, tok, style, prompts, cfg, c):
+    """Greedy continuations in batches of similar prompt lengths; yields (indices, generations)."""
     stops = [tok.eot] + ([tok.sol] if style == "latent" else [])  # a new latent = a new chunk
-    banned = tok.latent_ids if style == "raw" else None
-    order = sorted(mine, key=lambda i: len(prompts[i]))  # similar lengths per batch: little padding
-    ctx = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
-    results = []
-    bar = tqdm(total=len(order), unit="problem", desc="evaluation", disable=rank != 0 or not sys.stderr.isatty())
-    for b in range(0, len(order), batch_size):
-        idx = order[b:b + batch_size]
+    order = sorted(prompts, key=lambda i: len(prompts[i]))  # similar lengths per batch: little padding
+    T, B = model.config.block_size, cfg["batch_size"]
+    bar = tqdm(total=len(order), unit="problem", desc="evaluation", disable=c.rank != 0 or not sys.stderr.isatty())
+    for b in range(0, len(order), B):
+        idx = order[b:b + B]
         batch = [prompts[i] for i in idx]
-        new = min(max_new_tokens, T - max(len(p) for p in batch))
-        with ctx:
-            gens, _, _ = model.generate(batch, max_new_tokens=new, temperature=0, stop_tokens=stops,
-                                        banned_tokens=banned, seed=0)
-        for i, g in zip(idx, gens):
-            body = g[:-1] if g and g[-1] in stops else g
-            thought = None
-            if style == "latent":  # the answer is what follows <|END_OF_LATENT|>: "Final Answer: ..."
-                cut = body.index(tok.eol) if tok.eol in body else len(body)
-                thought, text = tok.decode(body[:cut]), tok.decode(body[cut + 1:])
-            else:
-                text = tok.decode(body)
-            text = text.split("Problem:")[0]  # the model went on to invent the next problem
-            pred = extract_answer(text)
-            ok, reason = grade(pred, rows[i]["gold"], timeout)
-            results.append(dict(index=i, id=rows[i]["id"], prompt=show(tok, prompts[i]), generation=show(tok, g),
-                                thought=thought, graded=text, extracted=pred, gold=rows[i]["gold"], correct=ok,
-                                reason=reason, **{k: rows[i][k] for k in ("subject", "level", "family") if k in rows[i]}))
+        with c.ctx:
+            gens, _, _ = model.generate(batch, max_new_tokens=min(cfg["max_new_tokens"], T - max(map(len, batch))),
+                                        temperature=0, stop_tokens=stops, seed=0,
+                                        banned_tokens=tok.latent_ids if style == "raw" else None)
+        yield idx, gens
         bar.update(len(idx))
     bar.close()
-    if world > 1:
-        parts = [None] * world
-        dist.all_gather_object(parts, (results, dropped))
-        results, dropped = [r for p in parts for r in p[0]], sum(p[1] for p in parts)
-    results.sort(key=lambda r: r["index"])
 
+
+def grade_generation(tok, style, i, row, prompt, g, timeout):
+    """One problem's record: the answer read from the generation and graded against the gold one."""
+    body = g[:-1] if g and g[-1] in (tok.eot, tok.sol) else g
+    thought = None
+    if style == "latent":  # the answer is what follows <|END_OF_LATENT|>: "Final Answer: ..."
+        cut = body.index(tok.eol) if tok.eol in body else len(body)
+        thought, text = tok.decode(body[:cut]), tok.decode(body[cut + 1:])
+    else:
+        text = tok.decode(body)
+    text = text.split("Problem:")[0]  # the model went on to invent the next problem
+    pred = extract_answer(text)
+    ok, reason = grade(pred, row["gold"], timeout)
+    return dict(index=i, id=row["id"], prompt=show(tok, prompt), generation=show(tok, g), thought=thought, graded=text,
+                extracted=pred, gold=row["gold"], correct=ok, reason=reason,
+                **{k: row[k] for k in ("subject", "level", "family") if k in row})
+
+
+def accuracy(results):
+    """Accuracy with its 95% Wilson interval, per subject / level / family where the rows have them."""
     n, correct = len(results), sum(r["correct"] for r in results)
     lo, hi = wilson(correct, n)
     breakdown = {}
@@ -170,14 +189,9 @@ def evaluate(ckpt, data, exemplars=None, n_shot=4, style="auto", max_new_tokens=
                 groups[str(r[key])].append(r["correct"])
         if groups:
             breakdown[key] = {v: {"accuracy": sum(c) / len(c), "n": len(c)} for v, c in sorted(groups.items())}
-    summary = dict(accuracy=correct / n, ci_low=lo, ci_high=hi, n=n, correct=correct, breakdown=breakdown,
-                   timeouts=sum(r["reason"] == "timeout" for r in results),
-                   no_answer=sum(r["reason"] == "no answer" for r in results), style=style, n_shot=len(shots),
-                   dropped_exemplars=dropped, ckpt=str(ckpt), data=str(data), wall_s=time.time() - t0)
-    if out_dir and rank == 0:
-        write_json(os.path.join(out_dir, "results.json"), summary)
-        write_jsonl(os.path.join(out_dir, "problems.jsonl"), results)
-    return summary
+    return dict(accuracy=correct / n, ci_low=lo, ci_high=hi, n=n, correct=correct, breakdown=breakdown,
+                timeouts=sum(r["reason"] == "timeout" for r in results),
+                no_answer=sum(r["reason"] == "no answer" for r in results))
 
 
 def print_table(r):
@@ -192,13 +206,7 @@ if __name__ == "__main__":
     cfg = apply(DEFAULTS, parse_args(sys.argv[1:], DEFAULTS), "command line")
     if not cfg["ckpt"] or not cfg["data"]:
         sys.exit("usage: python eval_math.py --ckpt=CKPT --data=PROBLEMS.jsonl [--exemplars=...] [--n_shot=4]")
-    if "RANK" in os.environ:  # torchrun: one process per GPU, problems split by index
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    r = evaluate(cfg["ckpt"], cfg["data"], cfg["exemplars"] or None, cfg["n_shot"], cfg["style"],
-                 cfg["max_new_tokens"], cfg["batch_size"], cfg["limit"] or None, cfg["out_dir"] or None,
-                 cfg["device"], cfg["timeout"])
+    r = evaluate(**cfg)  # torchrun: one process per GPU, problems split by index
     if int(os.environ.get("RANK", 0)) == 0:
         print_table(r)
     if torch.distributed.is_initialized():

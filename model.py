@@ -14,6 +14,7 @@ import math
 import os
 import struct
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, asdict
 
 import torch
@@ -237,38 +238,54 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
-    def score(self, seqs, starts):
+    def score(self, seqs, starts, max_logits=None, share=None):
         """
         Teacher-forced sum of log p(seq[t] | seq[:t]) over t in [start, len(seq)), for a batch of sequences of
         different lengths. The E-step calls it with the joint sequence P <SOL><PRIOR> Z <EOL> X and
-        start = len(P part), giving log p(Z, X | P). Returns (B,) float32.
+        start = len(P part), giving log p(Z, X | P). Returns (B,) float32 on the CPU.
 
-        Rows that share their head seq[:start] (the K thoughts of one chunk share P) share ONE prefill of it:
+        Rows that share their head seq[:start] (the K thoughts of one chunk share P) can share ONE prefill of it:
         each distinct head is encoded once into a KV cache, the cache is copied into its rows, and only the
-        scored tails run on top of it. The result is the same sum a full forward of each row gives.
+        scored tails run on top of it, under an explicit mask. The result is the same sum a full forward of each
+        row gives. share=None decides by the tokens it saves: with short heads, whole right-padded rows under the
+        fused causal kernel are faster (share=True / False force either way).
+        max_logits bounds memory: rows go in groups of at most that many logits (rows x tail x vocabulary),
+        the rows of one head together unless they alone exceed it, rows of similar length side by side (little padding).
         """
+        heads = {}
+        for i, (s, st) in enumerate(zip(seqs, starts)):
+            heads.setdefault(tuple(s[:st]), []).append(i)
+        pieces = []
+        for rows in heads.values():
+            n = max(len(seqs[i]) for i in rows)
+            fit = max(1, max_logits // (n * self.padded_vocab)) if max_logits else len(rows)
+            pieces += [(n, rows[j:j + fit]) for j in range(0, len(rows), fit)]  # a head too many rows for one group
+        out, group, longest = torch.zeros(len(seqs)), [], 0
+        for n, rows in sorted(pieces, key=lambda piece: piece[0]):
+            if group and max_logits and (len(group) + len(rows)) * max(longest, n) * self.padded_vocab > max_logits:
+                out[group] = self._score([seqs[i] for i in group], [starts[i] for i in group], share).cpu()
+                group, longest = [], 0
+            group, longest = group + rows, max(longest, n)
+        if group:
+            out[group] = self._score([seqs[i] for i in group], [starts[i] for i in group], share).cpu()
+        return out
+
+    def _score(self, seqs, starts, share=None):
         device = self.lm_head.weight.device
         lengths = [len(s) for s in seqs]
         if min(starts) < 1 or any(st > n for st, n in zip(starts, lengths)):
             raise ValueError("score: need 1 <= start <= len(seq) for every row (the first token has no context)")
         heads = {}
         which = [heads.setdefault(tuple(s[:st]), len(heads)) for s, st in zip(seqs, starts)]
-        H, Pm, Tm = list(heads), max(len(h) for h in heads), max(n - st for n, st in zip(lengths, starts))
-        # prefill: heads left-padded to end in column Pm-1 (positions count from each head's first token)
-        hd = self.config.n_embd // self.config.n_head
-        dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
-            else self.lm_head.weight.dtype
-        cache = KVCache(self.config.n_layer, len(H), self.config.n_kv_head, Pm + Tm, hd, dtype, device)
-        idx = torch.zeros(len(H), Pm, dtype=torch.long)
-        for i, h in enumerate(H):
-            idx[i, Pm - len(h):] = torch.tensor(h)
-        pad = torch.tensor([Pm - len(h) for h in H], device=device)
+        H, Tm = list(heads), max(n - st for n, st in zip(lengths, starts))
+        if share is None:  # sharing pays when the heads are a good part of the rows (measured: README, Benchmarks)
+            share = len(H) * max(map(len, H)) + len(seqs) * Tm < 0.75 * len(seqs) * max(lengths)
+        if not share:
+            return self._score_full(seqs, starts)
+        last, cache, pad = self.prefill(H, Tm)  # (H, V): each head's last logits predict its rows' first scored token
+        Pm = cache.pos
         col = torch.arange(Pm + Tm, device=device)
         valid = col[None] >= pad[:, None]  # (H, Pm+Tm): not left padding
-        q = col[:Pm]
-        mask = ((col[None, :Pm] <= q[:, None]) & valid[:, None, :Pm]) | (col[None, :Pm] == q[:, None])
-        last, _ = self(idx.to(device), pos=(q[None] - pad[:, None]).clamp(min=0), cache=cache, mask=mask[:, None],
-                       last_only=True)  # (H, 1, V): predicts each row's first scored token
         # the tails: right-padded, attending to their own head's columns and causally to themselves
         rows = torch.tensor(which, device=device)
         cache.select(rows)
@@ -281,13 +298,56 @@ class GPT(nn.Module):
         # padding past a row's end may run past block_size: its position is clamped (it is never scored)
         pos = (q[None] - pad[rows][:, None]).clamp(max=self.config.block_size - 1)
         logits, _ = self(tail, pos=pos, cache=cache, mask=mask[:, None])
-        logits = torch.cat([last[rows], logits[:, :-1]], 1)  # the logits that predict tail[:, t]
+        logits = torch.cat([last[rows, None], logits[:, :-1]], 1)  # the logits that predict tail[:, t]
         logp = F.log_softmax(logits[..., :self.config.vocab_size].float(), dim=-1)
         tok_logp = logp.gather(-1, tail[..., None]).squeeze(-1)  # (B, Tm)
         n = torch.tensor([n - st for n, st in zip(lengths, starts)], device=device)
         return (tok_logp * (torch.arange(Tm, device=device)[None] < n[:, None])).sum(1)
 
+    def _score_full(self, seqs, starts):
+        # every row whole, right-padded: padding after a row's end changes nothing before it, so the plain causal
+        # (flash) attention needs no mask
+        device = self.lm_head.weight.device
+        L = max(len(s) for s in seqs)
+        idx = torch.zeros(len(seqs), L, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            idx[i, :len(s)] = torch.tensor(s)
+        idx = idx.to(device)
+        if L == 1:  # nothing to score: every row is its head
+            return torch.zeros(len(seqs), device=device)
+        logits, _ = self(idx[:, :-1])
+        logp = F.log_softmax(logits[..., :self.config.vocab_size].float(), dim=-1)
+        tok_logp = logp.gather(-1, idx[:, 1:, None]).squeeze(-1)  # (B, L-1): log p(idx[t+1] | idx[:t+1])
+        t = torch.arange(1, L, device=device)[None]
+        keep = (t >= torch.tensor(starts, device=device)[:, None]) & (t < torch.tensor(list(map(len, seqs)),
+                                                                                       device=device)[:, None])
+        return (tok_logp * keep).sum(1)
+
     # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def prefill(self, prompts, extra):
+        """
+        Encode prompts (lists of ids, any lengths) into a new KV cache with room for `extra` more columns: they are
+        left-padded to end together, positions count from each one's first real token, and padding is masked
+        (a padding query sees itself, so no softmax row is empty). Returns (the logits after each prompt's last
+        token (N, padded_vocab), the cache, the left padding of each row (N,)).
+        """
+        device = self.lm_head.weight.device
+        P = max(len(p) for p in prompts)
+        idx = torch.zeros(len(prompts), P, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            idx[i, P - len(p):] = torch.tensor(p)
+        pad = torch.tensor([P - len(p) for p in prompts], device=device)
+        dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
+            else self.lm_head.weight.dtype
+        cache = KVCache(self.config.n_layer, len(prompts), self.config.n_kv_head, P + extra,
+                        self.config.n_embd // self.config.n_head, dtype, device)
+        col = torch.arange(P, device=device)
+        mask = ((col[None] <= col[:, None]) & (col >= pad[:, None, None])) | (col[None] == col[:, None])
+        logits, _ = self(idx.to(device), pos=(col[None] - pad[:, None]).clamp(min=0), cache=cache,
+                         mask=mask[:, None], last_only=True)
+        return logits[:, -1], cache, pad
+
     def decode_step(self, tok, pad, cache):
         """
         One new token per row: tok (B, 1) is written to the cache at column cache.col (a (1,) tensor) and attends
@@ -336,23 +396,10 @@ class GPT(nn.Module):
             bias[torch.tensor(list(banned_tokens), device=device)] = float("-inf")
         stop = torch.tensor(sorted(set(stop_tokens or [])), dtype=torch.long, device=device)
 
-        # prefill: prompts left-padded to end in column P-1; positions count from each row's first real token
-        pad = (P - lengths).to(device)
-        idx = torch.zeros(N, P, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            idx[i, P - len(p):] = torch.tensor(p)
-        hd = self.config.n_embd // self.config.n_head
-        dtype = torch.get_autocast_dtype("cuda") if (device.type == "cuda" and torch.is_autocast_enabled()) \
-            else self.lm_head.weight.dtype
-        cache = KVCache(self.config.n_layer, N, self.config.n_kv_head, P + max_new_tokens, hd, dtype, device)
-        col = torch.arange(P, device=device)
-        # causal and not padding; a padding query sees itself so no softmax row is empty
-        mask = ((col[None] <= col[:, None]) & (col >= pad[:, None, None])) | (col[None] == col[:, None])
-        logits, _ = self(idx.to(device), pos=(col[None] - pad[:, None]).clamp(min=0), cache=cache,
-                         mask=mask[:, None], last_only=True)
+        logits, cache, pad = self.prefill(prompts, max_new_tokens)
         rep = torch.arange(N, device=device).repeat_interleave(K)
         cache.select(rep)  # the prompt's cache, shared by its K sample rows
-        logits, pad = logits[rep, -1].float(), pad[rep]
+        logits, pad = logits[rep].float(), pad[rep]
         cache.col = torch.full((1,), P, device=device)  # decoding from here: the write column lives on the device
 
         step = self.decode_step
@@ -594,17 +641,18 @@ def _read_safetensors(path):
 # ---------------------------------------------------------------------- export
 def export_hf(model, tok_name, out_dir):
     """
-    Write a Hugging Face directory that transformers loads as GPT2LMHeadModel (the default switches) or
-    LlamaForCausalLM (rope_theta > 0, rmsnorm, swiglu, no biases): config.json and model.safetensors (float32,
-    the embedding cut back to the real vocabulary), plus the tokenizer when tok_name is one of this project's.
+    Write a Hugging Face directory that transformers loads as GPT2LMHeadModel (the default switches),
+    GPTNeoXForCausalLM (rotary positions in a GPT-2 block: em.py's default model) or LlamaForCausalLM
+    (rope_theta > 0, rmsnorm, swiglu, no biases): config.json and model.safetensors (float32, the embedding cut
+    back to the real vocabulary), plus the tokenizer when tok_name is one of this project's.
 
-    Tokenizer files: both tokenizers are GPT-2's byte-level BPE (the byte one with no merges), so they are
-    written as a GPT2Tokenizer: vocab.json and merges.txt (GPT-2's own files for "gpt2"; the 256 byte symbols
-    and no merges for "byte"), with <|endoftext|> and the four latent tokens as special tokens in
-    added_tokens.json, special_tokens_map.json and tokenizer_config.json. What cannot be carried over: this
-    project encodes documents with encode_ordinary, so a special-token string typed in a document is ordinary
-    text, while Hugging Face's tokenizer turns it into the special token by default (split_special_tokens=True
-    gives this project's behaviour); no tokenizer.json is written (transformers builds it from these files).
+    Tokenizer files: all tokenizers here are byte-level BPEs. "gpt2" and "byte" (no merges) use GPT-2's split
+    pattern, so they are written as a GPT2Tokenizer: vocab.json and merges.txt, with <|endoftext|> and the four
+    latent tokens as special tokens in added_tokens.json, special_tokens_map.json and tokenizer_config.json.
+    The BPEs fitted here (mathworld, .tiktoken files) split digits apart, so they are written as a tokenizer.json
+    with their own pattern. What cannot be carried over: this project encodes documents with encode_ordinary,
+    so a special-token string typed in a document is ordinary text, while Hugging Face's tokenizer turns it into
+    the special token by default (split_special_tokens=True gives this project's behaviour).
     With tok_name None (weights loaded for a foreign tokenizer) no tokenizer files are written.
     """
     c = model.config
@@ -649,14 +697,54 @@ def export_hf(model, tok_name, out_dir):
             v = sd[k][:c.vocab_size] if k in ("transformer.wte.weight", "lm_head.weight") else sd[k]
             pieces = v.split([rows for _, rows in parts]) if len(parts) > 1 else [v]
             out.update({name: piece for (name, _), piece in zip(parts, pieces)})
+    elif c.rope_theta > 0 and c.norm == "layernorm" and c.mlp == "gelu" and c.n_kv_head == c.n_head:
+        # rotary positions in a GPT-2 block (em.py's default model): GPT-NeoX with a sequential residual
+        hf = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": c.vocab_size,
+              "hidden_size": c.n_embd, "intermediate_size": c.n_inner, "num_hidden_layers": c.n_layer,
+              "num_attention_heads": c.n_head, "hidden_act": "gelu_pytorch_tanh", "use_parallel_residual": False,
+              "max_position_embeddings": c.block_size, "layer_norm_eps": c.norm_eps, "attention_bias": True,
+              "tie_word_embeddings": c.tie_embeddings, "attention_dropout": c.dropout, "hidden_dropout": c.dropout,
+              "bos_token_id": eot, "eos_token_id": eot, "rotary_pct": 1.0, "rotary_emb_base": c.rope_theta,
+              "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta,
+                                                        "partial_rotary_factor": 1.0}}
+        out = _neox_weights(c, sd)
     else:
-        raise ValueError(f"export_hf: this GPTConfig mixes the GPT-2 and Llama switches, which no Hugging Face "
-                         f"architecture implements: {c}")
+        raise ValueError(f"export_hf: this GPTConfig mixes switches that no one Hugging Face architecture (GPT-2, "
+                         f"GPT-NeoX, Llama) implements together: {c}")
     os.makedirs(out_dir, exist_ok=True)
     _write_json(os.path.join(out_dir, "config.json"), hf)
     _write_safetensors(os.path.join(out_dir, "model.safetensors"), out)
     if tok is not None:
         _write_tokenizer(tok, c.block_size, out_dir)
+
+
+def _neox_weights(c, sd):
+    """Our state dict under GPT-NeoX's names. Its fused projection holds each head's q, k, v side by side (ours:
+    all q heads, then all k, then all v); its MLP and norms always have biases (zeros where ours has none)."""
+    H, hs, C = c.n_head, c.n_embd // c.n_head, c.n_embd
+    bias = lambda k, n: sd.get(k, torch.zeros(n))
+    out = {"gpt_neox.embed_in.weight": sd["transformer.wte.weight"][:c.vocab_size],
+           "gpt_neox.final_layer_norm.weight": sd["transformer.ln_f.weight"],
+           "gpt_neox.final_layer_norm.bias": bias("transformer.ln_f.bias", C)}
+    if not c.tie_embeddings:
+        out["embed_out.weight"] = sd["lm_head.weight"][:c.vocab_size]  # the name in NeoX checkpoints
+    for i in range(c.n_layer):
+        a, b = f"transformer.h.{i}.", f"gpt_neox.layers.{i}."
+        out.update({
+            b + "input_layernorm.weight": sd[a + "ln_1.weight"], b + "input_layernorm.bias": bias(a + "ln_1.bias", C),
+            b + "post_attention_layernorm.weight": sd[a + "ln_2.weight"],
+            b + "post_attention_layernorm.bias": bias(a + "ln_2.bias", C),
+            b + "attention.query_key_value.weight": sd[a + "attn.c_attn.weight"].view(3, H, hs, C).transpose(0, 1)
+            .reshape(3 * C, C),
+            b + "attention.query_key_value.bias": bias(a + "attn.c_attn.bias", 3 * C).view(3, H, hs).transpose(0, 1)
+            .reshape(3 * C),
+            b + "attention.dense.weight": sd[a + "attn.c_proj.weight"],
+            b + "attention.dense.bias": bias(a + "attn.c_proj.bias", C),
+            b + "mlp.dense_h_to_4h.weight": sd[a + "mlp.c_fc.weight"],
+            b + "mlp.dense_h_to_4h.bias": bias(a + "mlp.c_fc.bias", c.n_inner),
+            b + "mlp.dense_4h_to_h.weight": sd[a + "mlp.c_proj.weight"],
+            b + "mlp.dense_4h_to_h.bias": bias(a + "mlp.c_proj.bias", C)})
+    return {k: v.contiguous() for k, v in out.items()}
 
 
 def _write_json(path, obj):
@@ -688,6 +776,49 @@ def _byte_symbols():
     return [chr(b) if b in own else chr(next(extra)) for b in range(256)]
 
 
+def _bpe_pair(ranks, token):
+    """The two parts tiktoken joins last to make token: BPE over its bytes with the merges ranked below it."""
+    parts, top = [bytes([b]) for b in token], ranks[token]
+    while len(parts) > 2:
+        r, i = min((ranks.get(a + b, top), i) for i, (a, b) in enumerate(zip(parts, parts[1:])))
+        if r >= top:
+            break
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2:
+        raise ValueError(f"export_hf: token {token!r} is not reachable by merges of lower rank")
+    return parts
+
+
+def _write_tokenizer_json(tok, block_size, out_dir):
+    """A Hugging Face fast tokenizer (tokenizer.json) equal to a tiktoken BPE: the same split pattern, GPT-2's byte
+    symbols, one merge per token in rank order, and whole pieces that are tokens taken as such (ignore_merges,
+    as tiktoken does)."""
+    from data.tokenizer import EOT, SPECIALS
+    sym = _byte_symbols()
+    text = lambda b: "".join(sym[x] for x in b)
+    ranks = tok.ranks
+    merges = [[text(a), text(b)] for t, _ in sorted(ranks.items(), key=lambda x: x[1]) if len(t) > 1
+              for a, b in [_bpe_pair(ranks, t)]]
+    ids = {s: tok.enc.encode_single_token(s) for s in SPECIALS}
+    added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+              "special": True} for s, i in ids.items()]
+    _write_json(os.path.join(out_dir, "tokenizer.json"), {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": tok.pat}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": {text(t): r for t, r in ranks.items()}, "merges": merges}})
+    specials = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "additional_special_tokens": SPECIALS[1:]}
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size, **specials,
+        "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added}})
+
+
 def _write_tokenizer(tok, block_size, out_dir):
     from data.tokenizer import EOT, SPECIALS, gpt2_files
     if tok.name == "gpt2":
@@ -696,9 +827,11 @@ def _write_tokenizer(tok, block_size, out_dir):
             vocab = json.load(f)
         with open(merges) as f:
             merges = f.read()
-    else:  # the byte tokenizer: the 256 byte symbols, no merges
+    elif tok.name == "byte":  # the 256 byte symbols, no merges
         vocab = {sym: b for b, sym in enumerate(_byte_symbols())}
         merges = "#version: 0.2\n"
+    else:  # BPE fitted here (mathworld, a .tiktoken file): its own split pattern, so a tokenizer.json
+        return _write_tokenizer_json(tok, block_size, out_dir)
     ids = {s: tok.enc.encode_single_token(s) for s in SPECIALS}
     latent = SPECIALS[1:]
     _write_json(os.path.join(out_dir, "vocab.json"), vocab)
@@ -718,10 +851,9 @@ def _write_tokenizer(tok, block_size, out_dir):
 def save_checkpoint(path, ckpt):
     """One file: {"model", "model_args", "tokenizer", "latent", ...}. Written to a temporary name, then renamed,
     so a crash never leaves a half-written checkpoint that looks complete."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    from data.files import atomic_open  # the project's one way to write a file
+    with atomic_open(path, "wb") as f:
+        torch.save(ckpt, f)
 
 
 def clean_state_dict(sd):
@@ -734,7 +866,9 @@ def clean_state_dict(sd):
     return out
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", tokenizer=None, **config):
+    """(model, ckpt) from a checkpoint of this project; the one loader every stage uses. tokenizer (a name), when
+    given, must be the checkpoint's; config overrides GPTConfig fields that do not change the weights (dropout)."""
     try:
         ckpt = torch.load(path, map_location=device, weights_only=False)
     except OSError:
@@ -744,9 +878,56 @@ def load_checkpoint(path, device="cpu"):
     for key in ("model", "model_args", "tokenizer"):
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise ValueError(f"{path}: not a checkpoint of this project (no {key!r})")
-    model = GPT(GPTConfig(**ckpt["model_args"]))
+    if tokenizer is not None and ckpt["tokenizer"] != tokenizer:
+        raise ValueError(f"{path}: checkpoint of tokenizer {ckpt['tokenizer']!r}, but the config says {tokenizer!r}")
+    model = GPT(GPTConfig(**{**ckpt["model_args"], **config}))
     model.load_state_dict(clean_state_dict(ckpt["model"]))
     return model.to(device), ckpt
+
+
+# ---------------------------------------------------------------------- compute
+@dataclass
+class Compute:
+    """Where a stage runs: device, the autocast context its forward passes use, and its place among processes."""
+    device: str
+    cuda: bool
+    ctx: object           # bf16 autocast, or a no-op context
+    rank: int = 0
+    world: int = 1
+    own_group: bool = False  # this process started the process group, so it ends it
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self):
+        if self.own_group:
+            torch.distributed.destroy_process_group()
+
+
+def setup(device="auto", dtype="auto"):
+    """
+    The one set-up of every stage (train, E-step, evaluation, em): device "auto" = this rank's GPU if there is one,
+    else the CPU; dtype "auto" = bf16 autocast on CUDA (matmuls in bf16, weights and log-softmaxes float32),
+    float32 on a CPU. Under torchrun (WORLD_SIZE > 1) it joins the process group, starting it if no caller has.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto" or (device == "cuda" and world > 1):
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    cuda = device.startswith("cuda")
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+    if cuda:
+        torch.cuda.set_device(device)  # so synchronize() and nccl use this rank's GPU
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA for what runs in float32
+    own = world > 1 and not torch.distributed.is_initialized()
+    if own:
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    bf16 = dtype == "bfloat16" or (dtype == "auto" and cuda)
+    ctx = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    return Compute(device, cuda, ctx, rank, world, own)
 
 
 # ---------------------------------------------------------------------- MFU

@@ -31,19 +31,18 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from configurator import defaults_of, parse_args
-from data.files import (build_augmented_bin, chunk_prefix, read_chunks, read_jsonl, read_thoughts, write_json,
-                        write_jsonl)
+from configurator import apply, defaults_of, parse_args
+from data.files import (build_augmented_bin, check_settings, chunk_prefix, read_chunks, read_jsonl, read_thoughts,
+                        write_json, write_jsonl)
 from data.latent import fit_context, joint_sequence, posterior_prompt, thought_stop_token
 from data.tokenizer import get_tokenizer
-from model import load_checkpoint
+from model import load_checkpoint, setup
 
 # ----------------------------------------------------------------------------- config
 ckpt = ""                 # the current model (M_{t-1})
@@ -122,57 +121,32 @@ def context_budget(model, tok, max_thought_tokens):
 
 def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cuda):
     """K thoughts for each (P, X) of a batch, with log q, log p and log w. Returns one list of K samples per chunk."""
-    T = model.config.block_size
     ctx = context_budget(model, tok, max_thought_tokens)
-    prompts = [posterior_prompt(tok, P, X, max_tokens=ctx) for P, X in contexts]
     stop = thought_stop_token(tok)
     # a thought is text: the other control tokens are banned (they would decode to their names, not re-encode)
     banned = [t for t in [tok.eot] + tok.latent_ids if t != stop]
+    # E-step 1: Z_k ~ q(Z | X, P), K per chunk, at temperature 1 with no top-k/top-p: the log-probs are log q
     with timed(meter, "decode", cuda):
-        # temperature 1, no top-k/top-p: the recorded log-probs are log q, untruncated (method.md E-step 1)
-        toks, lps, fin = model.generate(prompts, num_samples=K, max_new_tokens=max_thought_tokens, temperature=1.0,
-                                        stop_tokens=[stop], banned_tokens=banned, seed=gen_seed)
-    samples, seqs, starts = [], [], []
-    for r, (t, lp, done) in enumerate(zip(toks, lps, fin)):
-        P, X = contexts[r // K]
-        body = t[:-1] if done else t
-        text = tok.decode(body)
-        seq, start = joint_sequence(tok, P, X, text, max_tokens=ctx)
-        if len(seq) > T:  # the text re-encodes longer (invalid UTF-8 -> U+FFFD): shorten P, then X (method.md)
-            used = sum(map(len, fit_context(tok, P, X, ctx)))
-            seq, start = joint_sequence(tok, P, X, text, max_tokens=max(0, used - (len(seq) - T)))
-            if len(seq) > T:
-                raise ValueError(f"a thought of {len(body)} tokens re-encodes to more than block_size {T}")
-        seqs.append(seq)
-        starts.append(start)
-        samples.append({"text": text, "logq": sum(lp), "truncated": not done, "n_tokens": len(body),
-                        "exact": tok.encode(text) == body})  # False: the text does not give back the tokens
-    logp = [0.0] * len(seqs)
-
-    def score(group):
-        for g, v in zip(group, model.score([seqs[g] for g in group], [starts[g] for g in group]).tolist()):
-            logp[g] = v  # log p(Z, X | P)
-
+        toks, logq, finished = model.generate([posterior_prompt(tok, P, X, max_tokens=ctx) for P, X in contexts],
+                                              num_samples=K, max_new_tokens=max_thought_tokens, temperature=1.0,
+                                              stop_tokens=[stop], banned_tokens=banned, seed=gen_seed)
+    bodies = [t[:-1] if done else t for t, done in zip(toks, finished)]
+    thoughts = [tok.decode(b) for b in bodies]
+    # E-step 2: log p(Z_k, X | P) under the same model, the thought in the prior order
+    seqs, starts = zip(*(joint_sequence(tok, *contexts[r // K], z, max_tokens=ctx, block_size=model.config.block_size)
+                         for r, z in enumerate(thoughts)))
     with timed(meter, "score", cuda):
-        # a chunk's K rows stay in one call, so its prefix P is encoded once (GPT.score shares equal heads)
-        group, longest = [], 0
-        for c in sorted(range(len(contexts)), key=lambda c: max(len(seqs[i]) for i in range(c * K, c * K + K))):
-            rows = list(range(c * K, c * K + K))
-            longest = max(longest, max(len(seqs[i]) for i in rows))
-            if group and (len(group) + K) * longest * model.padded_vocab > SCORE_LOGITS:
-                score(group)
-                group, longest = [], max(len(seqs[i]) for i in rows)
-            group += rows
-        score(group)
-    out = []
-    for s, lp in zip(samples, logp):
-        # log w = log p(Z, X | P) - log q(Z | X, P)
-        out.append({"text": s["text"], "logp": lp, "logq": s["logq"], "logw": lp - s["logq"], **s})
-    return [out[i * K:(i + 1) * K] for i in range(len(contexts))]
+        logp = model.score(seqs, starts, max_logits=SCORE_LOGITS).tolist()
+    # E-step 3's weights: log w = log p(Z, X | P) - log q(Z | X, P)
+    samples = [{"text": z, "logp": lp, "logq": sum(lq), "logw": lp - sum(lq), "truncated": not done,
+                "n_tokens": len(b), "exact": tok.encode(z) == b}  # exact False: the text does not give back the tokens
+               for z, lp, lq, done, b in zip(thoughts, logp, logq, finished, bodies)]
+    return [samples[i * K:(i + 1) * K] for i in range(len(contexts))]
 
 
-def run_shard(model, tok, part, s, K, max_thought_tokens, selection, seed, batch_size, meter, cuda, bar):
+def run_shard(model, tok, part, s, cfg, meter, cuda, bar):
     """One shard: [(chunk, prefix)] -> its output rows in chunk order. Randomness from (seed, s, batch) only."""
+    K, max_thought_tokens, seed, batch_size = cfg["K"], cfg["max_thought_tokens"], cfg["seed"], cfg["batch_size"]
     ctx = context_budget(model, tok, max_thought_tokens)
     contexts = [(P, c["text"]) for c, P in part]
     prompt_len = [len(posterior_prompt(tok, P, X, max_tokens=ctx)) for P, X in contexts]
@@ -192,7 +166,8 @@ def run_shard(model, tok, part, s, K, max_thought_tokens, selection, seed, batch
     gen = torch.Generator().manual_seed(derived_seed(seed, s, 0))
     rows = []
     for (c, P), samples in zip(part, found):
-        chosen = select([x["logw"] for x in samples], [x["truncated"] for x in samples], selection, gen)
+        # E-step 3: keep ONE of the K thoughts, resampled by its normalised importance weight
+        chosen = select([x["logw"] for x in samples], [x["truncated"] for x in samples], cfg["selection"], gen)
         rows.append({"id": c["id"], "thought": samples[chosen]["text"], "chosen": chosen,
                      "x_tokens": len(fit_context(tok, P, c["text"], ctx)[1]), "samples": samples})
     return rows
@@ -208,122 +183,112 @@ def print_chunk(row, P, X):
               f"w {float(w[k]):.3f}{'  (truncated)' if s['truncated'] else ''}\n      {s['text']!r}")
 
 
-def sample_thoughts(ckpt, chunks, out_dir, K=4, max_thought_tokens=160, selection="importance", n_prefix=3, seed=0,
-                    batch_size=64, gold=None, shard_size=2048, device="auto", show=0, limit=None, result_fn=None,
-                    stop_after_shards=None):
-    """The E-step; returns the summary dict (also in out_dir/summary.json) on every rank. result_fn(thought) ->
+def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=None, **settings):
+    """The E-step; returns the summary dict (also in out_dir/summary.json) on every rank. settings: the keys of
+    the config block above (K, max_thought_tokens, ...), whose defaults apply to the rest. result_fn(thought) ->
     final result or None defines agreement with the gold thoughts (default data.mathworld.thought_result).
     stop_after_shards: return after writing that many shards, without merging (one process; tests of resuming)."""
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    cfg = apply(DEFAULTS, {**settings, "ckpt": ckpt, "chunks": chunks, "out_dir": out_dir}, "sample_thoughts()")
+    K = cfg["K"]
     if isinstance(K, bool) or not isinstance(K, int) or K < 1:  # checked before the model loads and work starts
         raise ValueError(f"K (thoughts sampled per chunk) must be an integer >= 1, got {K!r}")
+    if cfg["selection"] not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {cfg['selection']!r}")
     t0 = time.time()
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if device == "auto":
-        device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-    cuda = device.startswith("cuda")
-    own_group = world > 1 and not dist.is_initialized()
-    if cuda:
-        torch.cuda.set_device(device)  # so synchronize() and nccl use this rank's GPU
-    if own_group:
-        dist.init_process_group("nccl" if cuda else "gloo")
-    barrier = dist.barrier if world > 1 else (lambda: None)
-
-    model, ck = load_checkpoint(ckpt, device)
+    c = setup(cfg["device"])  # on CUDA bf16 autocast for generate and score; their log-softmaxes stay float32
+    model, ck = load_checkpoint(ckpt, c.device)
     model.eval()
     tok = get_tokenizer(ck["tokenizer"])
-    if not ck.get("latent", True) and rank == 0:
+    if not ck.get("latent", True) and c.rank == 0:
         print(f"warning: {ckpt} was trained without thoughts; its posterior knows nothing of the latent format")
-    golds = read_thoughts(gold) if gold is not None else None  # read first: a bad file fails before the work
-    docs = read_chunks(chunks)[:limit]
-    items = [(c, chunk_prefix(doc, i, n_prefix)) for doc in docs for i, c in enumerate(doc)]  # chunk-file order
-    n_shards = (len(items) + shard_size - 1) // shard_size
+    golds = read_thoughts(cfg["gold"]) if cfg["gold"] is not None else None  # read first: fail before the work
+    docs = read_chunks(chunks)[:cfg["limit"]]
+    items = [(x, chunk_prefix(doc, i, cfg["n_prefix"])) for doc in docs for i, x in enumerate(doc)]  # file order
+    shards = [items[s:s + cfg["shard_size"]] for s in range(0, len(items), cfg["shard_size"])]
     shard_path = lambda s: os.path.join(out_dir, "shards", f"shard_{s:05d}.jsonl")
 
-    # settings that decide the result: resuming with other ones would mix two E-steps in one output
-    settings = dict(ckpt=os.path.abspath(ckpt), chunks=os.path.abspath(chunks), K=K,
-                    max_thought_tokens=max_thought_tokens, selection=selection, n_prefix=n_prefix, seed=seed,
-                    batch_size=batch_size, shard_size=shard_size, limit=limit)
+    # the settings that decide the result: resuming with other ones would mix two E-steps in one output
+    keys = ("K", "max_thought_tokens", "selection", "n_prefix", "seed", "batch_size", "shard_size", "limit")
+    made_with = dict(ckpt=os.path.abspath(ckpt), chunks=os.path.abspath(chunks), **{k: cfg[k] for k in keys})
     settings_path = os.path.join(out_dir, "settings.json")
-    if os.path.exists(settings_path):
+    if os.path.exists(settings_path):  # shards on disk: continue them only with the settings that made them
         with open(settings_path) as f:
-            old = json.load(f)
-        if old != settings:
-            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-            raise ValueError(f"{settings_path}: shards on disk were made with other settings {diff} (old, new); "
-                             "use another out_dir or delete it")
-    barrier()
-    if rank == 0:
-        write_json(settings_path, settings)
+            check_settings(settings_path, json.load(f), made_with, hint="use another out_dir, or delete it")
+    c.barrier()
+    if c.rank == 0:
+        write_json(settings_path, made_with)
 
-    todo = [s for s in range(n_shards) if s % world == rank and not os.path.exists(shard_path(s))]
+    todo = [s for s in range(len(shards)) if s % c.world == c.rank and not os.path.exists(shard_path(s))]
     meter = {"decode": 0.0, "score": 0.0, "chunks": 0, "tokens": 0}  # seconds, and work done in this run
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()  # log-softmaxes stay float32
-    bar = tqdm(total=sum(len(items[s * shard_size:(s + 1) * shard_size]) for s in todo), unit="chunk",
-               disable=rank != 0 or not sys.stderr.isatty(), desc="E-step")
+    bar = tqdm(total=sum(len(shards[s]) for s in todo), unit="chunk", desc="E-step",
+               disable=c.rank != 0 or not sys.stderr.isatty())
+    show = cfg["show"] if c.rank == 0 else 0
     for n_done, s in enumerate(todo):
         if stop_after_shards is not None and n_done >= stop_after_shards:
             bar.close()
             return {"stopped_after_shards": n_done}
-        part = items[s * shard_size:(s + 1) * shard_size]
-        with amp:
-            rows = run_shard(model, tok, part, s, K, max_thought_tokens, selection, seed, batch_size, meter, cuda, bar)
+        with c.ctx:
+            rows = run_shard(model, tok, shards[s], s, cfg, meter, c.cuda, bar)
         write_jsonl(shard_path(s), rows)  # atomic: a shard on disk is a finished shard
-        if rank == 0 and bar.disable:  # no terminal (a log file): one line per shard instead of the bar
+        if c.rank == 0 and bar.disable:  # no terminal (a log file): one line per shard instead of the bar
             print(f"E-step: shard {n_done + 1}/{len(todo)} of this run written, {meter['chunks']} chunks in "
                   f"{time.time() - t0:.0f}s ({meter['chunks'] / (time.time() - t0):.1f} chunks/s)", flush=True)
-        for row, (c, P) in list(zip(rows, part))[:show if rank == 0 else 0]:
-            print_chunk(row, P, c["text"])
+        for row, (x, P) in list(zip(rows, shards[s]))[:show]:
+            print_chunk(row, P, x["text"])
         show = max(0, show - len(rows))
     bar.close()
 
     # gather the work counters of all ranks (timings: mean per rank)
-    stats = torch.tensor([meter["chunks"], meter["tokens"], meter["decode"], meter["score"]], dtype=torch.float64,
-                         device=device)
-    if world > 1:
-        dist.all_reduce(stats)
-    barrier()
+    stats = torch.tensor([meter[k] for k in ("chunks", "tokens", "decode", "score")], dtype=torch.float64,
+                         device=c.device)
+    if c.world > 1:
+        torch.distributed.all_reduce(stats)
+    c.barrier()
     summary = None
-    if rank == 0:
+    if c.rank == 0:
+        rows = merge(tok, out_dir, chunks, shards, shard_path, cfg)
+        summary = summarize(rows, cfg, golds, result_fn)
         n_chunks, n_tokens = int(stats[0]), int(stats[1])
-        dec, sco = (float(x) / world for x in stats[2:])
-        summary = merge(tok, out_dir, chunks, items, n_shards, shard_size, shard_path, seed, K, selection, golds,
-                        result_fn, limit)
+        dec, sco = (float(x) / c.world for x in stats[2:])
         wall = time.time() - t0
         other = wall - dec - sco
         summary.update(chunks_per_s=n_chunks / wall, decode_tokens_per_s=n_tokens / max(dec, 1e-9), wall_s=wall,
-                       chunks_this_run=n_chunks, world_size=world,
+                       chunks_this_run=n_chunks, world_size=c.world,
                        timings={"decode": dec, "score": sco, "other": other},
                        timing_fractions={"decode": dec / wall, "score": sco / wall, "other": other / wall})
         write_json(os.path.join(out_dir, "summary.json"), summary)
-    barrier()
+    c.barrier()
     if summary is None:
         with open(os.path.join(out_dir, "summary.json")) as f:
             summary = json.load(f)
-    if own_group:
-        dist.destroy_process_group()
+    c.close()
     return summary
 
 
-def merge(tok, out_dir, chunks, items, n_shards, shard_size, shard_path, seed, K, selection, golds, result_fn, limit):
-    """Rank 0: all shards -> thoughts.jsonl in chunk-file order, aug.bin, and the statistics of the summary."""
+def merge(tok, out_dir, chunks, shards, shard_path, cfg):
+    """Rank 0: all shards -> thoughts.jsonl in chunk-file order and aug.bin, the M-step's input. Returns the rows."""
     rows = []
-    for s in range(n_shards):
+    for s, part in enumerate(shards):
         got = [r for _, r in read_jsonl(shard_path(s), required=("id", "thought", "chosen", "x_tokens", "samples"))]
-        if [r["id"] for r in got] != [c["id"] for c, _ in items[s * shard_size:(s + 1) * shard_size]]:
+        if [r["id"] for r in got] != [x["id"] for x, _ in part]:
             raise ValueError(f"{shard_path(s)}: not the chunks of shard {s} of {chunks} (a stale shard?)")
         rows += got
     thoughts = os.path.join(out_dir, "thoughts.jsonl")
     write_jsonl(thoughts, ({"id": r["id"], "thought": r["thought"]} for r in rows))
-    if limit is not None:  # the augmented bin needs a thought for every chunk of its chunk file
+    if cfg["limit"] is not None:  # the augmented bin needs a thought for every chunk of its chunk file
         chunks = os.path.join(out_dir, "chunks.jsonl")
-        write_jsonl(chunks, (c for c, _ in items))
-    build_augmented_bin(tok, chunks, thoughts, os.path.join(out_dir, "aug.bin"), seed)
+        write_jsonl(chunks, (x for part in shards for x, _ in part))
+    build_augmented_bin(tok, chunks, thoughts, os.path.join(out_dir, "aug.bin"), cfg["seed"])
+    return rows
+
+
+def summarize(rows, cfg, golds=None, result_fn=None):
+    """The E-step's figures (method.md E-step 4): mean ELBO (per chunk and per raw token), effective sample size,
+    truncation, thought length; with gold thoughts, how often the chosen (and a random) thought has the gold result."""
     elbo, ess = zip(*(chunk_stats(r["samples"]) for r in rows)) if rows else ((), ())
     samples = [x for r in rows for x in r["samples"]]
     mean = lambda xs: sum(xs) / max(1, len(xs))
-    summary = dict(chunks=len(rows), K=K, selection=selection, elbo=mean(elbo),
+    summary = dict(chunks=len(rows), K=cfg["K"], selection=cfg["selection"], elbo=mean(elbo),
                    elbo_per_raw_token=sum(elbo) / max(1, sum(r["x_tokens"] for r in rows)), ess=mean(ess),
                    truncation=mean([x["truncated"] for x in samples]),
                    all_truncated=mean([all(x["truncated"] for x in r["samples"]) for r in rows]),
@@ -343,7 +308,7 @@ def merge(tok, out_dir, chunks, items, n_shards, shard_size, shard_path, seed, K
 
 
 if __name__ == "__main__":
-    cfg = {**DEFAULTS, **parse_args(sys.argv[1:], DEFAULTS)}
+    cfg = apply(DEFAULTS, parse_args(sys.argv[1:], DEFAULTS), "command line")
     if not cfg["ckpt"] or not cfg["chunks"]:
         sys.exit("usage: python sample_thoughts.py --ckpt=CKPT.pt --chunks=CHUNKS.jsonl --out_dir=DIR [--key=val ...]")
     result = sample_thoughts(**cfg)

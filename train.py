@@ -23,9 +23,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import apply, defaults_of, parse_args
-from data.files import atomic_open, open_bin
+from data.files import atomic_open, check_settings, open_bin
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig, clean_state_dict, estimate_mfu, model_args, save_checkpoint
+from model import GPT, GPTConfig, estimate_mfu, load_checkpoint, model_args, save_checkpoint, setup
 
 # ----------------------------------------------------------------------------- config
 out_dir = "out"
@@ -98,19 +98,7 @@ def build_model(cfg, tok):
         return GPT.from_pretrained(src, tok, block_size=cfg["block_size"])
     if not os.path.isfile(src):
         raise FileNotFoundError(f"init_from={src!r}: neither 'scratch', a checkpoint file nor a GPT-2 directory")
-    ckpt = load_ckpt(src, tok.name)
-    model = GPT(GPTConfig(**{**ckpt["model_args"], "dropout": cfg["dropout"]}))
-    model.load_state_dict(clean_state_dict(ckpt["model"]))
-    return model
-
-
-def load_ckpt(path, tokenizer_name):
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt or "tokenizer" not in ckpt:
-        raise ValueError(f"{path}: not a checkpoint of this project (no model, model_args or tokenizer)")
-    if ckpt["tokenizer"] != tokenizer_name:
-        raise ValueError(f"{path}: checkpoint of tokenizer {ckpt['tokenizer']!r}, but the config says {tokenizer_name!r}")
-    return ckpt
+    return load_checkpoint(src, tokenizer=tok.name, dropout=cfg["dropout"])[0]
 
 
 def make_base(path, config_file=None, **overrides):
@@ -132,6 +120,19 @@ def bin_info(path, tok_name, T):
     if n < T + 1:
         raise ValueError(f"{path}: {n} tokens, fewer than block_size + 1 = {T + 1}")
     return n
+
+
+def mixing(cfg, tok):
+    """Each train bin's probability of filling a row (train_weights, default proportional to size); every bin checked."""
+    if not cfg["train_bins"]:
+        raise ValueError("train_bins is empty: nothing to train on")
+    sizes = [bin_info(p, tok.name, cfg["block_size"]) for p in cfg["train_bins"]]
+    for p in cfg["val_bins"].values():
+        bin_info(p, tok.name, cfg["block_size"])
+    w = np.array(sizes if cfg["train_weights"] is None else cfg["train_weights"], dtype=np.float64)
+    if len(w) != len(sizes) or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"train_weights {cfg['train_weights']} must be {len(sizes)} non-negative numbers, not all 0")
+    return w / w.sum()
 
 
 def get_batch(cfg, bins, probs, step, micro, rank=0):
@@ -159,6 +160,35 @@ def to_device(dev, *tensors):
     return [t.to(dev) for t in tensors]
 
 
+def batches(cfg, probs, step, rank, dev):
+    """The micro-batches from (step, micro 0) on, in order, already on the device."""
+    while True:
+        for micro in range(cfg["grad_accum"]):
+            yield to_device(dev, *get_batch(cfg, cfg["train_bins"], probs, step, micro, rank))
+        step += 1
+
+
+def train_step(model, optimizer, data, batch, cfg, ctx, ddp=False):
+    """
+    One optimiser step of the M-step: grad_accum micro-steps of forward and backward, gradient clipping, AdamW.
+    batch is this step's first micro-batch; data yields the ones after it, each read while the device computes
+    the previous one. Returns (the summed micro-step losses as a tensor: no host sync, the next micro-batch).
+    """
+    A, loss_sum = cfg["grad_accum"], 0.0
+    for micro in range(A):
+        # DDP: all-reduce the gradients only on the last micro-step
+        with model.no_sync() if ddp and micro < A - 1 else nullcontext(), ctx:
+            _, loss = model(*batch)
+        batch = next(data)
+        (loss / A).backward()
+        loss_sum = loss_sum + loss.detach()
+    if cfg["grad_clip"] > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum, batch
+
+
 def lr_at(cfg, it, steps):
     """Linear warmup over warmup_frac of the steps, then cosine decay to min_lr."""
     warm = int(cfg["warmup_frac"] * steps)
@@ -178,7 +208,7 @@ def make_optimizer(model, cfg, device_type):
 
 
 @torch.no_grad()
-def evaluate(model, cfg, val, ctx, device, rank, world):
+def val_loss(model, cfg, val, ctx, device, rank, world):
     """Loss per token of each val bin over a FIXED set of evenly spaced windows (the same every evaluation)."""
     model.eval()
     out, B, T = {}, cfg["batch_size"], cfg["block_size"]
@@ -203,77 +233,46 @@ def train(config_file=None, **overrides):
     "done"}. Continues an interrupted run in out_dir; a finished one returns its summary without training."""
     cfg = resolve(config_file, **overrides)
     t_start = time.time()
-    # distributed: torchrun sets RANK; em.py may already have started the process group
-    ddp = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    cuda = torch.cuda.is_available() if cfg["device"] == "auto" else cfg["device"].startswith("cuda")
-    if ddp and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    dev = (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if ddp else "cuda") if cuda else "cpu"
-    if cfg["device"] not in ("auto", "cuda", "cpu"):
-        dev = cfg["device"]
-    device_type = "cuda" if cuda else "cpu"
-    if cfg["dtype"] not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {cfg['dtype']!r}")
-    bf16 = cfg["dtype"] == "bfloat16" or (cfg["dtype"] == "auto" and cuda)
-    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else nullcontext()
     if cfg["compile"] not in (None, "auto", True, False):
         raise ValueError(f"compile must be None, 'auto', True or False, got {cfg['compile']!r}")
-    use_compile = cuda if cfg["compile"] in (None, "auto") else cfg["compile"]
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on cuda
-
+    c = setup(cfg["device"], cfg["dtype"])  # torchrun: joins (or starts) the process group
+    rank, world, dev, ddp = c.rank, c.world, c.device, c.world > 1
     tok = get_tokenizer(cfg["tokenizer"])
     T, B, A = cfg["block_size"], cfg["batch_size"], cfg["grad_accum"]
-    if not cfg["train_bins"]:
-        raise ValueError("train_bins is empty: nothing to train on")
-    sizes = [bin_info(p, tok.name, T) for p in cfg["train_bins"]]
-    for p in cfg["val_bins"].values():
-        bin_info(p, tok.name, T)
-    w = np.array(sizes if cfg["train_weights"] is None else cfg["train_weights"], dtype=np.float64)
-    if len(w) != len(sizes) or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"train_weights {cfg['train_weights']} must be {len(sizes)} non-negative numbers, not all 0")
-    probs = w / w.sum()
+    probs = mixing(cfg, tok)
     tokens_per_step = B * A * T * world
     steps = math.ceil(cfg["max_tokens"] / tokens_per_step) if cfg["max_tokens"] > 0 else cfg["max_steps"]
 
     # resume: out_dir/ckpt.pt of the same config continues; a finished one is returned as it is
     ckpt_path, log_path = os.path.join(cfg["out_dir"], "ckpt.pt"), os.path.join(cfg["out_dir"], "log.jsonl")
-    ckpt = None
     if cfg["resume"] not in ("auto", "never"):
         raise ValueError(f"resume must be 'auto' or 'never', got {cfg['resume']!r}")
+    ckpt = None
     if cfg["resume"] == "auto" and os.path.exists(ckpt_path):
-        ckpt = load_ckpt(ckpt_path, tok.name)
-        old = ckpt.get("config", {})
-        diff = sorted(k for k in set(cfg) | set(old) if k not in HARMLESS and cfg.get(k) != old.get(k))
-        if diff:
-            raise ValueError(f"{ckpt_path}: a run with another config ({', '.join(diff)} differ); "
-                             f"use another out_dir, delete it, or pass resume='never' to start over")
+        model, ckpt = load_checkpoint(ckpt_path, tokenizer=tok.name)
+        check_settings(ckpt_path, ckpt.get("config", {}), cfg, ignore=HARMLESS,
+                       hint="use another out_dir, delete it, or pass resume='never' to start over")
         if ckpt.get("done"):
             return ckpt["summary"]
         if ckpt.get("steps_total") != steps:  # same config, another number of processes: other batches
             raise ValueError(f"{ckpt_path}: a run of {ckpt.get('steps_total')} steps, now {steps} "
                              f"({world} processes); continue it with the number of processes it started with")
-    if ckpt is None:
-        model = build_model(cfg, tok)
     else:
-        model = GPT(GPTConfig(**ckpt["model_args"]))
-        model.load_state_dict(clean_state_dict(ckpt["model"]))
+        model = build_model(cfg, tok)
     if model.config.block_size < T:
         raise ValueError(f"block_size {T} > the model's {model.config.block_size} (init_from={cfg['init_from']!r})")
     model.to(dev)
     raw = model  # the plain module: saved, evaluated and measured (no _orig_mod. / module. prefixes)
-    optimizer = make_optimizer(model, cfg, device_type)
+    optimizer = make_optimizer(model, cfg, "cuda" if c.cuda else "cpu")
     step, wall0 = 0, 0.0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         step, wall0 = ckpt["step"], ckpt.get("wall_s", 0.0)
     del ckpt
-    if use_compile:
+    if c.cuda if cfg["compile"] in (None, "auto") else cfg["compile"]:
         model = torch.compile(model)
     if ddp:
-        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if cuda else None)
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if c.cuda else None)
 
     def log(event):
         if rank == 0:
@@ -291,84 +290,84 @@ def train(config_file=None, **overrides):
     log({"event": "start", "step": step, "steps": steps, "tokens_per_step": tokens_per_step, "world": world})
 
     def save(done, summary=None):
+        # no random state to save: batches and dropout are re-seeded from (seed, step, micro, rank)
         if rank == 0:
             save_checkpoint(ckpt_path, {
                 "model": raw.state_dict(), "optimizer": None if done else optimizer.state_dict(),  # done: not needed
                 "model_args": model_args(raw.config), "tokenizer": tok.name, "latent": cfg["latent"], "config": cfg,
-                "step": step, "steps_total": steps, "wall_s": wall0 + time.time() - t_start,
-                "rng": None,  # none needed: batches and dropout are re-seeded from (seed, step, micro, rank)
-                "done": done, "summary": summary})
+                "step": step, "steps_total": steps, "wall_s": wall0 + time.time() - t_start, "done": done,
+                "summary": summary})
 
     val = {}
     if step == 0 and cfg["val_bins"]:
-        val = evaluate(raw, cfg, cfg["val_bins"], ctx, dev, rank, world)
+        val = val_loss(raw, cfg, cfg["val_bins"], c.ctx, dev, rank, world)
         log({"event": "eval", "step": 0, "tokens": 0, "val": val})
     end = min(steps, cfg["stop_after"]) if cfg["stop_after"] > 0 else steps
-    t_train, tok_train, first = 0.0, 0, None  # steady-state speed: the first logged interval (compile) excluded
-    t_log, step_log = time.time(), step
+    speed = Speed(tokens_per_step, steps, step)
     loss_sum = torch.zeros((), device=dev)
-    x, y = to_device(dev, *get_batch(cfg, cfg["train_bins"], probs, step, 0, rank)) if step < end else (None, None)
+    data = batches(cfg, probs, step, rank, dev)
+    batch = next(data)
     while step < end:
         torch.manual_seed(cfg["seed"] * 1_000_003 + step * 1009 + rank)  # dropout: a pure function of the step
         lr = lr_at(cfg, step, steps)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        for micro in range(A):
-            # DDP: all-reduce the gradients only on the last micro-step
-            with model.no_sync() if ddp and micro < A - 1 else nullcontext(), ctx:
-                _, loss = model(x, y)
-            # fetch the next micro-batch while the GPU works on this one
-            nxt = (step, micro + 1) if micro + 1 < A else (step + 1, 0)
-            if nxt[0] < end:
-                x_next, y_next = to_device(dev, *get_batch(cfg, cfg["train_bins"], probs, *nxt, rank))
-            (loss / A).backward()
-            loss_sum += loss.detach()  # no host sync here: .item() only at log steps
-            if nxt[0] < end:
-                x, y = x_next, y_next
-        if cfg["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, batch = train_step(model, optimizer, data, batch, cfg, c.ctx, ddp)
+        loss_sum += loss
         step += 1
-
         if step % cfg["log_interval"] == 0 or step == end:
-            loss_val = loss_sum.item() / (A * (step - step_log))  # the sync point
-            dt = time.time() - t_log
-            tps = tokens_per_step * (step - step_log) / dt
-            if first is None:
-                first = (dt, tokens_per_step * (step - step_log))
-            else:
-                t_train, tok_train = t_train + dt, tok_train + tokens_per_step * (step - step_log)
-            mfu = estimate_mfu(raw, tps / world, T) if cuda else None
-            eta = (steps - step) * dt / (step - step_log)
+            loss_val = loss_sum.item() / (A * (step - speed.step))  # the sync point
+            tps, eta = speed.tick(step)
+            mfu = estimate_mfu(raw, tps / world, T) if c.cuda else None
             if rank == 0:
                 print(f"step {step}/{steps} | loss {loss_val:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | mfu "
                       f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | eta {eta / 60:.1f} min", flush=True)
             log({"event": "train", "step": step, "tokens": step * tokens_per_step, "loss": loss_val, "lr": lr,
                  "tokens_per_s": tps, "mfu": mfu, "elapsed_s": wall0 + time.time() - t_start})
             loss_sum.zero_()
-            t_log, step_log = time.time(), step
         t_pause = time.time()  # evaluation and checkpoints are not training time
         if cfg["val_bins"] and (step % cfg["eval_interval"] == 0 or step == steps):
-            val = evaluate(raw, cfg, cfg["val_bins"], ctx, dev, rank, world)
+            val = val_loss(raw, cfg, cfg["val_bins"], c.ctx, dev, rank, world)
             if rank == 0:
                 print(f"step {step}: val " + " | ".join(f"{k} {v:.4f}" for k, v in val.items()), flush=True)
             log({"event": "eval", "step": step, "tokens": step * tokens_per_step, "val": val})
         if step < steps and (step % cfg["ckpt_interval"] == 0 or step == end):
             save(False)
-        t_log += time.time() - t_pause
-    if first is not None and tok_train == 0:  # a single logged interval: it is all there is
-        t_train, tok_train = first
-    tps = tok_train / t_train if t_train > 0 else None
+        speed.pause(time.time() - t_pause)
+    tps = speed.steady()
     summary = {"tokens": step * tokens_per_step, "steps": step, "val": val, "wall_s": wall0 + time.time() - t_start,
-               "tokens_per_s": tps, "mfu": estimate_mfu(raw, tps / world, T) if cuda and tps else None,
+               "tokens_per_s": tps, "mfu": estimate_mfu(raw, tps / world, T) if c.cuda and tps else None,
                "ckpt": ckpt_path, "latent": cfg["latent"], "done": step >= steps}
     if step >= steps:
         save(True, summary)
         log({"event": "done", "step": step, **{k: summary[k] for k in ("tokens", "wall_s", "tokens_per_s", "mfu")}})
-    if ddp:
-        dist.barrier()  # the checkpoint is complete before any rank returns
+    c.barrier()  # the checkpoint is complete before any rank returns
     return summary
+
+
+class Speed:
+    """Tokens/s between log lines, the ETA, and the steady-state speed (the first interval, compilation, left out)."""
+
+    def __init__(self, tokens_per_step, steps, step):
+        self.tokens_per_step, self.steps, self.step, self.t = tokens_per_step, steps, step, time.time()
+        self.first, self.time, self.tokens = None, 0.0, 0
+
+    def tick(self, step):
+        dt, n = time.time() - self.t, self.tokens_per_step * (step - self.step)
+        if self.first is None:
+            self.first = (dt, n)
+        else:
+            self.time, self.tokens = self.time + dt, self.tokens + n
+        eta = (self.steps - step) * dt / (step - self.step)
+        self.step, self.t = step, time.time()
+        return n / dt, eta
+
+    def pause(self, seconds):  # evaluation and checkpoints: not training time
+        self.t += seconds
+
+    def steady(self):
+        time_, tokens = (self.time, self.tokens) if self.tokens or self.first is None else self.first
+        return tokens / time_ if time_ > 0 else None
 
 
 if __name__ == "__main__":
@@ -376,4 +375,4 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) == 0:
         print("summary: " + json.dumps(summary), flush=True)
     if dist.is_initialized():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # started by setup() in this process

@@ -16,7 +16,7 @@ import tempfile
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.files import write_jsonl  # noqa: E402
+from data.files import chunk_rows, write_jsonl  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
 from model import GPT, GPTConfig, model_args, save_checkpoint  # noqa: E402
 from sample_thoughts import sample_thoughts  # noqa: E402
@@ -46,7 +46,7 @@ def synthetic_chunks(path, n_docs):
     for d in range(n_docs):
         a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
         texts = [f"Problem:\nWhat is ({a} + {b}) * {c}?\n", f"Final Answer: {(a + b) * c}\n\n"]
-        rows += [{"id": f"s{d}:{i}", "doc": f"s{d}", "idx": i, "text": t} for i, t in enumerate(texts)]
+        rows += chunk_rows(f"s{d}", texts)
     write_jsonl(path, rows)
 
 

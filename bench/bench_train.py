@@ -1,8 +1,8 @@
 """
 Benchmark of train.py's training step (not a test): tokens/s and MFU for the GPT-2-124M preset and the default
 mathworld preset, on a bin of random tokens, after warm-up steps (torch.compile and the allocator settle there).
-It uses train.py's own pieces (presets, get_batch from a memmapped bin, pinned copies, fused AdamW) and the same
-step: bf16 autocast, micro-steps with gradient accumulation, clipping, no host sync until the timer stops.
+It calls train.py's own pieces (presets, batches from a memmapped bin with pinned copies, fused AdamW) and its
+step, train_step: bf16 autocast, micro-steps with gradient accumulation, clipping, no host sync until the timer stops.
 
     python bench/bench_train.py                  # on a GPU: bf16 autocast + torch.compile
     python bench/bench_train.py --quick          # a tiny smoke run on CPU
@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.files import BinWriter  # noqa: E402
-from model import GPT, GPTConfig, estimate_mfu, flops_per_token  # noqa: E402
-from train import get_batch, make_optimizer, resolve, to_device  # noqa: E402
+from model import estimate_mfu, flops_per_token  # noqa: E402
+from train import batches, build_model, make_optimizer, resolve, train_step  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--quick", action="store_true")
@@ -35,9 +35,9 @@ dev = "cuda" if cuda else "cpu"
 use_compile = cuda if args.compile is None else args.compile
 ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 torch.set_float32_matmul_precision("high")  # TF32, as train.py
-VOCAB = {"byte": 261, "gpt2": 50261}  # tokenizer sizes (the gpt2 BPE files are not needed for random tokens)
+VOCAB = {"byte": 261, "mathworld": 421, "gpt2": 50261}  # tokenizer sizes (the gpt2 BPE files are not needed for random tokens)
 
-PRESETS = {"gpt2-124M": ("config/train_gpt2_124m.py", {}), "default (mathworld)": ("config/train_mathworld.py", {})}
+PRESETS = {"gpt2-124M": ("config/train_gpt2_124m.py", {}), "default (mathworld)": ("config/train_mathworld.py", {"tokenizer": "mathworld"})}
 if args.quick:
     PRESETS = {"tiny (cpu smoke)": ("config/train_cpu_smoke.py", {"grad_accum": 2})}
     args.warmup, args.steps = 2, 5
@@ -57,34 +57,24 @@ for name, (preset, extra) in PRESETS.items():
         w.close()
         cfg = {**cfg, "train_bins": [path]}
         torch.manual_seed(0)
-        model = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=cfg["n_layer"], n_head=cfg["n_head"],
-                              n_embd=cfg["n_embd"], dropout=cfg["dropout"], bias=cfg["bias"])).to(dev)
+        model = build_model(cfg, SimpleNamespace(name=cfg["tokenizer"], n_vocab=V)).to(dev)  # the preset's model
         optimizer = make_optimizer(model, cfg, "cuda" if cuda else "cpu")
         step_model = torch.compile(model) if use_compile else model
-        x, y = to_device(dev, *get_batch(cfg, [path], [1.0], 0, 0))
-        it = 0
-        loss = None
+        data = batches(cfg, [1.0], 0, 0, dev)
+        batch, loss = next(data), None
 
-        def train_step():
-            global x, y, it, loss
-            for micro in range(A):
-                with ctx:
-                    _, loss = step_model(x, y)
-                x, y = to_device(dev, *get_batch(cfg, [path], [1.0], it, micro + 1))  # prefetch during compute
-                (loss / A).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            it += 1
+        def step():  # train.py's own step: micro-steps, clipping, AdamW
+            global batch, loss
+            loss, batch = train_step(step_model, optimizer, data, batch, cfg, ctx)
 
         t0 = time.perf_counter()
         for _ in range(args.warmup):
-            train_step()
+            step()
         loss.item()  # sync: the warm-up (and compilation) is done
         t_warm = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            train_step()
+            step()
         loss.item()  # the only sync of the timed loop
         dt = time.perf_counter() - t0
         tps = args.steps * B * A * T / dt
@@ -93,7 +83,7 @@ for name, (preset, extra) in PRESETS.items():
               f"n_embd {cfg['n_embd']} T {T} vocab {V}, batch {B} x grad_accum {A} = {B * A * T:,} tokens/step | "
               f"{dt / args.steps * 1000:.1f} ms/step | {tps:,.0f} tokens/s | "
               f"{flops_per_token(model, T) * tps / 1e12:.1f} TFLOP/s | MFU {'-' if mfu is None else f'{100 * mfu:.1f}%'}"
-              f" | warm-up {t_warm:.1f} s | final loss {loss.item():.3f}", flush=True)
+              f" | warm-up {t_warm:.1f} s | final loss {loss.item() / A:.3f}", flush=True)
         del model, step_model, optimizer
         if cuda:
             torch.cuda.empty_cache()

@@ -126,6 +126,19 @@ def read_jsonl(path, required=()):
 
 # ----------------------------------------------------------------------------- bins and meta.json
 
+def check_settings(source, old, new, ignore=(), hint="use another directory, or delete it"):
+    """
+    The one check of every stage that continues or reuses earlier output (em's stages, the E-step's shards, a
+    training's checkpoint, a prepared corpus): output made with other settings is an error naming each key that
+    differs, never silently mixed with new work or served as this run's. Compared as JSON reads them back.
+    """
+    old, new = json.loads(json.dumps(old)), json.loads(json.dumps(new))
+    diff = sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(f"{source}: made with " + ", ".join(f"{k}={old.get(k)!r}" for k in diff) + "; now asked for "
+                         + ", ".join(f"{k}={new.get(k)!r}" for k in diff) + f". {hint}")
+
+
 def read_meta(directory):
     path = os.path.join(directory, "meta.json")
     if not os.path.exists(path):
@@ -206,6 +219,16 @@ def open_bin(path, tokenizer=None):
 
 
 # ----------------------------------------------------------------------------- chunks and thoughts
+
+def chunk_rows(doc, texts):
+    """A document's rows of a chunk file: {"id": "doc:i", "doc", "idx", "text"}, the one spelling of the schema."""
+    return [{"id": f"{doc}:{i}", "doc": doc, "idx": i, "text": t} for i, t in enumerate(texts)]
+
+
+def write_chunks(path, docs):
+    """A chunk file from (doc id, [chunk texts]) pairs, atomically."""
+    write_jsonl(path, (row for doc, texts in docs for row in chunk_rows(doc, texts)))
+
 
 def read_chunks(path):
     """Chunk file -> list of documents, each a list of chunk dicts in order."""

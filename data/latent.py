@@ -15,9 +15,18 @@ document's chunks gives it back exactly; no spaces are added around the special 
 import numpy as np
 
 
+def open_prior(tok):
+    # <SOL><PRIOR>: a thought in the prior order starts here (the evaluation prompt ends with it)
+    return [tok.sol, tok.prior]
+
+
+def prior_order(tok, z_ids, x_ids):
+    # <SOL><PRIOR> Z <EOL> X: the one spelling of the prior order (training, E-step scoring, evaluation exemplars)
+    return open_prior(tok) + z_ids + [tok.eol] + x_ids
+
+
 def prior_chunk(tok, x, z):
-    # <SOL><PRIOR> Z <EOL> X
-    return [tok.sol, tok.prior] + tok.encode(z) + [tok.eol] + tok.encode(x)
+    return prior_order(tok, tok.encode(z), tok.encode(x))
 
 
 def posterior_chunk(tok, x, z):
@@ -73,14 +82,22 @@ def posterior_prompt(tok, prefix, x, max_tokens=None):
     return _prefix_part(tok, p) + [tok.sol, tok.eol] + xs + [tok.sol, tok.posterior]
 
 
-def joint_sequence(tok, prefix, x, z, max_tokens=None):
+def joint_sequence(tok, prefix, x, z, max_tokens=None, block_size=None):
     """
     E-step scoring sequence P <SOL><PRIOR> Z <EOL> X and the index where its scored part starts:
-    the sum of log-probs of tokens[start:] is log p(Z, X | P).
+    the sum of log-probs of tokens[start:] is log p(Z, X | P). P and X are fitted to max_tokens as in the
+    posterior prompt; if the thought's text re-encodes longer than the sampled tokens (invalid UTF-8 decodes to
+    U+FFFD), they are shortened further, so that the whole sequence fits block_size.
     """
+    z_ids = tok.encode(z)
+    if block_size is not None:
+        room = block_size - len(_prefix_part(tok, [1])) - len(prior_order(tok, z_ids, []))
+        if room < 1:
+            raise ValueError(f"a thought of {len(z_ids)} tokens leaves no room for its chunk in block_size {block_size}")
+        max_tokens = room if max_tokens is None else min(max_tokens, room)
     p, xs = fit_context(tok, prefix, x, max_tokens)
     head = _prefix_part(tok, p)
-    return head + [tok.sol, tok.prior] + tok.encode(z) + [tok.eol] + xs, len(head)
+    return head + prior_order(tok, z_ids, xs), len(head)
 
 
 def thought_stop_token(tok):
@@ -95,8 +112,7 @@ def thought_stop_token(tok):
 #                "Problem:\n{problem}\n<SOL><PRIOR>"; generation stops at "Problem:" or a new <SOL>.
 
 def latent_exemplar(tok, problem, thought, answer):
-    return (tok.encode(f"Problem:\n{problem}\n") + [tok.sol, tok.prior] + tok.encode(thought) + [tok.eol]
-            + tok.encode(f"Final Answer: {answer}\n\n"))
+    return tok.encode(f"Problem:\n{problem}\n") + prior_order(tok, tok.encode(thought), tok.encode(f"Final Answer: {answer}\n\n"))
 
 
 def latent_eval_prompt(tok, exemplars, problem):
@@ -104,7 +120,7 @@ def latent_eval_prompt(tok, exemplars, problem):
     ids = [tok.eot]
     for ex in exemplars:
         ids += latent_exemplar(tok, *ex)
-    return ids + tok.encode(f"Problem:\n{problem}\n") + [tok.sol, tok.prior]
+    return ids + tok.encode(f"Problem:\n{problem}\n") + open_prior(tok)
 
 
 def raw_eval_prompt(tok, exemplars, problem):

@@ -251,17 +251,16 @@ def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tok
     meta.json is complete and a killed preparation simply starts again.
     """
     import shutil
-    from data.files import build_augmented_bin, build_raw_bin, read_meta, update_meta, write_json, write_jsonl
+    from data.files import (build_augmented_bin, build_raw_bin, check_settings, read_meta, update_meta, write_chunks,
+                            write_json, write_jsonl)
     from data.tokenizer import get_tokenizer
 
     settings = dict(seed=seed, n_docs=n_docs, n_val_docs=n_val_docs, warm_fraction=warm_fraction,
                     tokenizer=tokenizer, n_valid=n_valid, n_background_docs=n_background_docs, **knobs)
     meta = read_meta(out_dir)
-    if meta and meta.get("mathworld") == settings:
-        return meta
     if meta:
-        raise ValueError(f"{out_dir}/meta.json: prepared with other settings {meta.get('mathworld')}; "
-                         f"use another directory or delete it")
+        check_settings(f"{out_dir}/meta.json", meta.get("mathworld", {}), settings)
+        return meta  # complete, with these settings
     tok = get_tokenizer(tokenizer)
     docs, held, exemplars, valid = generate(seed, n_docs + n_val_docs, n_valid=n_valid, **knobs)
     n_warm = int(round(warm_fraction * n_docs))
@@ -270,8 +269,7 @@ def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tok
     shutil.rmtree(part, ignore_errors=True)  # what a killed preparation left
     for name, split in splits.items():
         chunks = os.path.join(part, f"{name}.chunks.jsonl")
-        write_jsonl(chunks, ({"id": f"{name}{d}:{i}", "doc": f"{name}{d}", "idx": i, "text": c["text"]}
-                             for d, doc in enumerate(split) for i, c in enumerate(doc)))
+        write_chunks(chunks, ((f"{name}{d}", [c["text"] for c in doc]) for d, doc in enumerate(split)))
         key = "gold" if name == "val" else "thought"  # validation measures against the noise-free thoughts
         thoughts = os.path.join(part, f"{name}.gold.jsonl" if name == "boot" else f"{name}.thoughts.jsonl")
         write_jsonl(thoughts, ({"id": f"{name}{d}:{i}", "thought": c["gold" if name == "boot" else key]}
@@ -280,9 +278,8 @@ def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tok
         if name != "boot":
             build_augmented_bin(tok, chunks, thoughts, os.path.join(part, f"{name}_aug.bin"), seed)
     bg = os.path.join(part, "background.chunks.jsonl")
-    write_jsonl(bg, ({"id": f"bg{d}:0", "doc": f"bg{d}", "idx": 0, "text": t}
-                     for d, t in enumerate(background(seed, n_background_docs, exclude=knobs.get("families") or
-                                                      DEFAULT_FAMILIES))))
+    write_chunks(bg, ((f"bg{d}", [t]) for d, t in enumerate(background(seed, n_background_docs,
+                                                                     exclude=knobs.get("families") or DEFAULT_FAMILIES))))
     build_raw_bin(tok, bg, os.path.join(part, "background.bin"))
     write_jsonl(os.path.join(part, "eval.jsonl"), (math_row(p) for p in held))
     write_jsonl(os.path.join(part, "valid.jsonl"), (math_row(p) for p in valid))

@@ -33,9 +33,10 @@ import numpy as np
 from tqdm import tqdm
 
 from data.files import (AtomicFile, BinWriter, atomic_open, build_augmented_bin, build_raw_bin, check_contract,
-                        check_tokenizer, numbered_lines, read_chunks, read_jsonl, read_meta, update_meta, write_json, write_jsonl)
+                        check_tokenizer, chunk_rows, numbered_lines, read_chunks, read_jsonl, read_meta, update_meta,
+                        write_chunks, write_json, write_jsonl)
 from data.latent import raw_document
-from data.tokenizer import get_tokenizer
+from data.tokenizer import DIGITS_PAT, fit_bpe, get_tokenizer, save_bpe
 
 INPUTS = (".txt", ".jsonl", ".jsonl.gz")
 ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "Dr.", "Mr.", "Mrs.", "Ms.", "vs.", "Fig.", "Eq.", "No.", "St.")
@@ -150,6 +151,32 @@ def _work(args):
 
 
 SPLITS = ("warm", "boot", "val")
+FIT_CHARS = 5_000_000     # --tokenizer=fit:N learns its merges on at most this many characters of the corpus
+
+
+def tokenizer_for(spec, out_dir, texts):
+    """
+    The directory's tokenizer name. "fit:N" fits N byte-pair merges (digits kept apart) on the first FIT_CHARS
+    characters of texts and stores them as out_dir/tokenizer.tiktoken: a vocabulary of 256 + N + 5 tokens, so a
+    small model on a real corpus is not mostly a 50k-row embedding (gpt2's). A directory that already has one
+    keeps it (its bins were made with it). Any other spec is a tokenizer name, returned as it is.
+    """
+    if not spec.startswith("fit:"):
+        return spec
+    try:
+        n_merges = int(spec[4:])
+    except ValueError:
+        raise ValueError(f"--tokenizer={spec!r}: expected fit:N with N a number of merges, e.g. fit:1000") from None
+    path = os.path.abspath(os.path.join(out_dir, "tokenizer.tiktoken"))
+    if not os.path.exists(path):
+        sample, n = [], 0
+        for t in texts:
+            if n >= FIT_CHARS:
+                break
+            sample.append(t)
+            n += len(t)
+        save_bpe(path, fit_bpe(sample, n_merges, DIGITS_PAT))
+    return path
 
 
 def split_of(text, warm_fraction, val_fraction):
@@ -163,7 +190,6 @@ def split_of(text, warm_fraction, val_fraction):
 def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", warm_fraction=0.2, val_fraction=0.01,
                    workers=2, max_docs=None):
     """Chunk files and raw bins of the three splits; the warm split's thoughts come later (prepare_warm_start)."""
-    tok = get_tokenizer(tokenizer)
     # everything that can be checked before writing: a late failure must not leave a directory half replaced
     for p in paths:
         if not p.endswith(INPUTS):
@@ -172,6 +198,8 @@ def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", warm_fra
         raise ValueError(f"--warm_fraction must be in [0, 1] and --val_fraction in [0, 1), got "
                          f"{warm_fraction} and {val_fraction}")
     total = sum(os.path.getsize(p) for p in paths)  # a missing input fails here
+    tokenizer = tokenizer_for(tokenizer, out_dir, (t for t, _ in iter_documents(paths, text_field)))
+    tok = get_tokenizer(tokenizer)
     check_tokenizer(out_dir, tok)
     os.makedirs(out_dir, exist_ok=True)
     counts = {"documents": 0, "empty_skipped": 0, "invalid_utf8": 0, "chunks": 0}
@@ -193,8 +221,8 @@ def prepare_corpus(paths, out_dir, tokenizer="gpt2", text_field="text", warm_fra
                     break
                 split = split_of(text, warm_fraction, val_fraction)
                 d = f"{split}{bins[split].docs}"  # numbered within the split, as mathworld does
-                for i, c in enumerate(chunks):
-                    files[split].f.write(json.dumps({"id": f"{d}:{i}", "doc": d, "idx": i, "text": c}) + "\n")
+                for row in chunk_rows(d, chunks):
+                    files[split].f.write(json.dumps(row) + "\n")
                 bins[split].write(ids)
                 counts["documents"] += 1
                 counts["invalid_utf8"] += bad
@@ -293,8 +321,6 @@ def prepare_gsm8k(train, out_dir, test=None, tokenizer="gpt2", warm_fraction=0.2
     eval.jsonl is a copy of test; exemplars.jsonl the first n_exemplars training rows in the shape eval_math.py
     reads for both prompt styles.
     """
-    tok = get_tokenizer(tokenizer)
-    check_tokenizer(out_dir, tok)
     rows = []
     for n, r in read_jsonl(train, required=("question", "answer")):
         try:
@@ -303,6 +329,8 @@ def prepare_gsm8k(train, out_dir, test=None, tokenizer="gpt2", warm_fraction=0.2
             raise ValueError(f"{train}:{n}: {e}") from None
         if limit and len(rows) == limit:
             break
+    tok = get_tokenizer(tokenizer_for(tokenizer, out_dir, (t for q, w, g in rows for t in (q, w, g))))
+    check_tokenizer(out_dir, tok)
     if test:
         with open(test, "rb") as f:  # read before anything is written: a missing file fails early
             test_bytes = f.read()
@@ -314,7 +342,7 @@ def prepare_gsm8k(train, out_dir, test=None, tokenizer="gpt2", warm_fraction=0.2
         texts = [(f"Problem:\n{q}\n", f"Final Answer: {g}\n") for q, _, g in docs]
         thoughts = [(GSM8K_QUESTION_THOUGHT, w) for _, w, _ in docs]
         chunks = os.path.join(out_dir, f"{split}.chunks.jsonl")
-        write_jsonl(chunks, ({"id": f"{d}:{i}", "doc": d, "idx": i, "text": t[i]} for d, t in zip(ids, texts) for i in (0, 1)))
+        write_chunks(chunks, zip(ids, texts))
         build_raw_bin(tok, chunks, os.path.join(out_dir, f"{split}_raw.bin"))
         # boot's solutions are gold to measure the E-step with, never trained on; warm's and val's are the thoughts
         name = "boot.gold.jsonl" if split == "boot" else f"{split}.thoughts.jsonl"
@@ -339,7 +367,7 @@ def main(argv):
     c = sub.add_parser("corpus", help="local text/jsonl(.gz) files -> chunk files and raw bins of warm/boot/val")
     c.add_argument("paths", nargs="+")
     c.add_argument("--out_dir", required=True)
-    c.add_argument("--tokenizer", default="gpt2")
+    c.add_argument("--tokenizer", default="gpt2", help="gpt2 | byte | fit:N (N merges fitted to this corpus)")
     c.add_argument("--text_field", default="text")
     c.add_argument("--warm_fraction", type=float, default=0.2)
     c.add_argument("--val_fraction", type=float, default=0.01)
@@ -353,7 +381,7 @@ def main(argv):
     g.add_argument("--train", required=True)
     g.add_argument("--test", default="")
     g.add_argument("--out_dir", required=True)
-    g.add_argument("--tokenizer", default="gpt2")
+    g.add_argument("--tokenizer", default="gpt2", help="gpt2 | byte | fit:N (N merges fitted to this corpus)")
     g.add_argument("--warm_fraction", type=float, default=0.2)
     g.add_argument("--val_fraction", type=float, default=0.01)
     g.add_argument("--n_exemplars", type=int, default=8)

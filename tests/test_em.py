@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,7 +113,7 @@ def test_report_replaces_results_whole(tmp_path):
 
 def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
     """em.py --data_dir: GSM8K's first 120 training problems as the corpus (their worked solutions as the warm-start
-    thoughts, data/prepare.py gsm8k), the gpt2 tokenizer recorded in the directory, a fresh base (no background
+    thoughts, data/prepare.py gsm8k), a tokenizer fitted to them recorded in the directory, a fresh base (no background
     text), GSM8K test rows as the evaluation set; every stage runs and the gold-based figures come from the
     solutions of the bootstrap split."""
     shared = os.path.join(os.path.dirname(ROOT), "shared", "data", "gsm8k")
@@ -120,7 +121,8 @@ def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
         pytest.skip(f"GSM8K not found at {shared} (the shared data sets beside the repository)")
     data = str(tmp_path / "gsm8k")
     r = subprocess.run([sys.executable, "-m", "data.prepare", "gsm8k", f"--train={shared}/train.jsonl",
-                        f"--test={shared}/test.jsonl", f"--out_dir={data}", "--limit=120", "--val_fraction=0.25"], cwd=ROOT,
+                        f"--test={shared}/test.jsonl", f"--out_dir={data}", "--limit=120", "--val_fraction=0.25",
+                        "--tokenizer=fit:200"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     d = str(tmp_path / "run")
@@ -133,3 +135,5 @@ def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
     assert e["chunks"] > 0 and e["gold_chunks"] > 0 and e["agree_chosen"] is not None
     assert json.load(open(os.path.join(d, "m0", "eval", "results.json")))["data"].endswith("eval.jsonl")
     assert os.listdir(os.path.join(d, "data")) == ["stage.json"]  # the corpus is read where it is, never copied
+    ck = torch.load(os.path.join(d, "m0", "ckpt.pt"), weights_only=False)
+    assert ck["tokenizer"] == os.path.join(data, "tokenizer.tiktoken") and ck["model_args"]["vocab_size"] == 256 + 200 + 5

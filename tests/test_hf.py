@@ -91,8 +91,8 @@ def test_sharded_and_bf16_llama_checkpoints_load(tmp_path):
     logits_equal(GPT.from_pretrained(str(tmp_path / "bf16"), TOK).eval(), hf_load(str(tmp_path / "bf16")), ids)
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("tok_name", ["byte", "gpt2"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])
+@pytest.mark.parametrize("tok_name", ["byte", "gpt2", "mathworld"])
 def test_trained_checkpoint_exports_to_transformers(tmp_path, family, tok_name):
     """A few training steps here, saved as a checkpoint, exported by `python -m model export`, loaded by
     transformers: equal logits, and the tokenizer encodes as ours does."""
@@ -102,6 +102,8 @@ def test_trained_checkpoint_exports_to_transformers(tmp_path, family, tok_name):
     if family == "llama":
         cfg.update(rope_theta=10000.0, norm="rmsnorm", norm_eps=1e-6, mlp="swiglu", n_inner=80, n_kv_head=2,
                    bias=False, tie_embeddings=False)
+    if family == "neox":  # em.py's default block: rotary positions with GPT-2's LayerNorm and GELU
+        cfg.update(rope_theta=10000.0, tie_embeddings=tok_name != "byte")
     torch.manual_seed(0)
     model = GPT(GPTConfig(**cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
@@ -120,13 +122,14 @@ def test_trained_checkpoint_exports_to_transformers(tmp_path, family, tok_name):
     subprocess.run([sys.executable, "-m", "model", "export", f"--ckpt={ckpt}", f"--out={out}"], cwd=ROOT, check=True,
                    capture_output=True)
     hf = hf_load(out)
-    assert type(hf).__name__ == ("GPT2LMHeadModel" if family == "gpt2" else "LlamaForCausalLM")
+    assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
+                                 "neox": "GPTNeoXForCausalLM"}[family]
     ids = torch.randint(0, tok.n_vocab, (2, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert torch.allclose(model(ids)[0][..., :tok.n_vocab], hf(ids).logits, atol=1e-4)
 
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    text = "Hello wörld 123\n\t x  <|START_OF_LATENT|> é😀"
+    text = "Hello wörld 123\n\t x  <|START_OF_LATENT|> é😀 Problem:\nWhat is 12 + 345? She has 7 apples.\n"
     # documents are encoded without parsing special-token strings, which is split_special_tokens in transformers
     assert hf_tok(text, split_special_tokens=True).input_ids == tok.encode(text)
     assert hf_tok.decode(tok.encode(text)) == text

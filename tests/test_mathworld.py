@@ -63,7 +63,7 @@ def test_prepare_is_deterministic_and_complete(tmp_path):
         prepare(a, seed=8, **KNOBS)
         raise AssertionError("expected an error")
     except ValueError as e:
-        assert "other settings" in str(e)
+        assert "meta.json: made with seed=" in str(e) and "now asked for seed=8" in str(e)
 
 
 def test_augmented_bin_shows_both_latent_orders(tmp_path):

@@ -209,11 +209,12 @@ def test_prompt_too_long_is_a_clear_error(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_score_equals_slow_reference(family):
+@pytest.mark.parametrize("share", [True, False])
+def test_score_equals_slow_reference(family, share):
     m = tiny(family)
     seqs = [[1, 2, 3, 4, 5, 6], [7, 8, 9], [10, 11, 12, 13, 14, 15, 16, 17, 18, 19], [5, 5]]
     starts = [2, 1, 5, 1]
-    got = m.score(seqs, starts)
+    got = m.score(seqs, starts, share=share)
     for s, st, g in zip(seqs, starts, got):
         ref = full_logprobs(m, s)
         expect = sum(ref[t - 1, s[t]].item() for t in range(st, len(s)))
@@ -223,7 +224,9 @@ def test_score_equals_slow_reference(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_shared_head_scoring_is_exact(family):
+@pytest.mark.parametrize("share", [True, False, None])
+@pytest.mark.parametrize("max_logits", [None, 3000])
+def test_shared_head_scoring_is_exact(family, share, max_logits):
     """K rows with one head (an E-step chunk's P) share one prefill; the sums equal a full forward of each row,
     with heads of different lengths, empty and long tails, and a head shared by rows that are not adjacent."""
     m = tiny(family)
@@ -231,11 +234,12 @@ def test_shared_head_scoring_is_exact(family):
     seqs = [P1 + [10, 11, 12], P2 + [13], P1 + [14] * 20, P2 + [15, 16, 17, 18], P1, [3, 3, 3, 3],
             P2 + [19] * 80, [2] * 85 + [3, 4]]  # a short head with a long tail beside a long head: block_size 96
     starts = [len(P1), len(P2), len(P1), len(P2), len(P1), 2, len(P2), 85]
-    got = m.score(seqs, starts)
+    got = m.score(seqs, starts, max_logits=max_logits, share=share)  # 3000 logits: rows in several groups
     for s, st, g in zip(seqs, starts, got):
         ref = full_logprobs(m, s)
         expect = sum(ref[t - 1, s[t]].item() for t in range(st, len(s)))
         assert abs(g.item() - expect) < 1e-4, (s, st, g.item(), expect)
+    assert m.score([[4]], [1], share=share).tolist() == [0.0]  # nothing to score
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -402,8 +406,8 @@ def test_export_then_from_pretrained_is_exact(tmp_path, family):
 
 
 def test_export_refuses_a_mix_of_families(tmp_path):
-    with pytest.raises(ValueError, match="mixes the GPT-2 and Llama switches"):
-        export_hf(tiny("gpt2", rope_theta=10000.0), None, str(tmp_path / "hf"))
+    with pytest.raises(ValueError, match="mixes switches that no one Hugging Face architecture"):
+        export_hf(tiny("gpt2", norm="rmsnorm"), None, str(tmp_path / "hf"))
     with pytest.raises(ValueError, match="mixes"):
         export_hf(tiny("llama", bias=True), None, str(tmp_path / "hf"))
 

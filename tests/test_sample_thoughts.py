@@ -152,7 +152,7 @@ def test_importance_finds_the_thought_that_explains_x(setup, monkeypatch, capsys
             toks += [tok.encode(t) + [tok.eol] for t in texts]
         return toks, [[-1.0] * len(t) for t in toks], [True] * len(toks)
 
-    def score(self, seqs, starts):
+    def score(self, seqs, starts, **_):
         has = lambda s: any(s[j:j + len(good)] == good for j in range(len(s)))
         return torch.tensor([20.0 if has(s) else 0.0 for s in seqs])
 

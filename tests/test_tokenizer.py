@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from data import latent
-from data.tokenizer import SPECIALS, get_tokenizer, GPT2_VOCAB_BPE_SHA256, GPT2_ENCODER_JSON_SHA256
+from data.tokenizer import (DIGITS_PAT, GPT2_ENCODER_JSON_SHA256, GPT2_VOCAB_BPE_SHA256, SPECIALS, fit_bpe, get_tokenizer,
+                            load_bpe, save_bpe)
 
 TEXTS = ["", "Hello world", "naïve café ☕ 日本語 \x00\t\r\n", "x" * 5000,
          "a literal <|END_OF_LATENT|> and <|endoftext|> typed in a document", "<|START_OF_LATENT|>",
@@ -78,3 +79,27 @@ def test_prompt_and_joint_share_truncation():
     # empty prefix: no prefix part, scored part starts right after <|endoftext|>
     joint, start = latent.joint_sequence(tok, "", x, "z")
     assert start == 1 and joint[0] == tok.eot
+
+
+def test_a_fitted_tokenizer_file_round_trips_and_bad_files_name_their_line(tmp_path):
+    texts = ["Natalia sold 48 clips in April, and then she sold half as many clips in May."] * 3
+    ranks = fit_bpe(texts, 30, DIGITS_PAT)
+    path = str(tmp_path / "tokenizer.tiktoken")
+    save_bpe(path, ranks)
+    assert load_bpe(path) == ranks
+    tok = get_tokenizer(path)
+    assert tok.name == path and tok.n_vocab == len(ranks) + 5
+    ids = tok.encode(texts[0] + " <|END_OF_LATENT|> 2024")
+    assert tok.decode(ids) == texts[0] + " <|END_OF_LATENT|> 2024" and tok.eol not in ids
+    assert len(ids) < len(texts[0])  # the merges were learnt: fewer tokens than bytes
+    assert [tok.decode([i]) for i in tok.encode("2024")] == ["2", "0", "2", "4"]  # digits apart
+    lines = open(path).read().splitlines()
+    bad = str(tmp_path / "bad.tiktoken")
+    open(bad, "w").write("\n".join(lines[:200] + ["not base64!! x"] + lines[201:]) + "\n")
+    with pytest.raises(ValueError, match=r"bad.tiktoken:201"):
+        get_tokenizer(bad)
+    open(bad, "w").write("\n".join(lines[1:]) + "\n")  # byte 0 missing
+    with pytest.raises(ValueError, match="the 256 bytes first"):
+        get_tokenizer(bad)
+    with pytest.raises(FileNotFoundError, match="moved or deleted"):
+        get_tokenizer(str(tmp_path / "gone.tiktoken"))
