@@ -4,7 +4,8 @@ goes (generate / score / the rest), for the default embedded-corpus model shape 
 160 tokens. Random weights are fine for throughput (their thoughts stop at <|END_OF_LATENT|> about half the time).
 
     python bench/bench_estep.py                      # ~2000 synthetic math chunks; on a GPU: bf16 autocast
-    python bench/bench_estep.py --ckpt=runs/default/m0/ckpt.pt --chunks=runs/default/data/boot.chunks.jsonl
+    python bench/bench_estep.py --ckpt=runs/default/m0/ckpt.pt --chunks=runs/default/data/boot.chunks.jsonl \
+        --max_thought_tokens=48                      # em.py's first E-step, as the default run does it
     python bench/bench_estep.py --quick              # a tiny smoke run on CPU
 """
 import argparse
@@ -31,6 +32,7 @@ p.add_argument("--n_docs", type=int, default=1000, help="synthetic documents (2 
 p.add_argument("--K", type=int, default=4)
 p.add_argument("--max_thought_tokens", type=int, default=160)
 p.add_argument("--batch_size", type=int, default=128, help="chunks per generate call")
+p.add_argument("--n_prefix", type=int, default=1, help="prefix chunks (em.py's default: 1)")
 p.add_argument("--limit", type=int, default=None, help="only the first LIMIT documents of --chunks")
 args = p.parse_args()
 if args.quick:
@@ -69,10 +71,10 @@ with tempfile.TemporaryDirectory() as tmp:
         chunks = os.path.join(tmp, "chunks.jsonl")
         synthetic_chunks(chunks, args.n_docs)
     print(f"device: {device_name}; model: {ckpt if args.ckpt else cfg}; chunks: {chunks if args.chunks else 'synthetic'}")
-    print(f"K={args.K} max_thought_tokens={args.max_thought_tokens} batch_size={args.batch_size} "
+    print(f"K={args.K} max_thought_tokens={args.max_thought_tokens} batch_size={args.batch_size} n_prefix={args.n_prefix} "
           f"{'bf16 autocast' if device == 'cuda' else 'float32'}")
     s = sample_thoughts(ckpt, chunks, os.path.join(tmp, "estep"), K=args.K, max_thought_tokens=args.max_thought_tokens,
-                        batch_size=args.batch_size, limit=args.limit, shard_size=1 << 30)
+                        batch_size=args.batch_size, limit=args.limit, shard_size=1 << 30, n_prefix=args.n_prefix)
     f = s["timing_fractions"]
     print(f"{s['chunks']} chunks in {s['wall_s']:.1f} s: {s['chunks_per_s']:.1f} chunks/s, "
           f"{s['decode_tokens_per_s']:.0f} decode tokens/s (sampled thought tokens per second of generate)")
