@@ -213,7 +213,10 @@ def main(argv):
                 os.symlink(src, dst)
     barrier()
     its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
-    stage = Stages(cfg, preset if not files else "custom", ["data", "base"] + (["m0"] if cfg["em"] else []) +
+    # the measured stage times hold for the default settings only (a data_dir or other budgets: no estimate)
+    measured = not files and all(cfg[k] == DEFAULTS[k] for k in {*stage_config(cfg, "m0"), *stage_config(cfg, "iter1")}
+                                 if k != "seed")
+    stage = Stages(cfg, preset if measured else "custom", ["data", "base"] + (["m0"] if cfg["em"] else []) +
                    (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
                    (["oracle"] if cfg["oracle"] and (not cfg["data_dir"] or
                                                       os.path.exists(os.path.join(data, "boot.gold.jsonl"))) else []) + (its if cfg["em"] else []))

@@ -465,12 +465,10 @@ class GPT(nn.Module):
         pytorch_model.bin. The embedding grows to tok.n_vocab: the new rows (the latent special tokens) start at
         the mean of the existing rows, a neutral point from which training moves them.
 
-        Only weights are read. A Llama directory's own tokenizer (tokenizer.json / tokenizer.model, a
-        sentencepiece BPE) is not implemented here, so `tok` is anything with n_vocab >= the checkpoint's
-        vocab_size whose ids 0..vocab_size-1 mean what they meant to the checkpoint. This project's byte and
-        gpt2 tokenizers do not, and are refused for a Llama checkpoint: training on a Llama corpus needs a
-        Llama tokenizer, which would plug in as a new name in data/tokenizer.get_tokenizer (Llama's ids, then
-        the special tokens after them).
+        Only weights are read: `tok` is the tokenizer the model will be used with, anything with n_vocab >= the
+        checkpoint's vocab_size whose ids 0..vocab_size-1 mean what they meant to the checkpoint. For a Llama
+        1/2-family directory that is get_tokenizer("DIR/tokenizer.json") (data/llama_tokenizer.py: its ids, then
+        the four latent tokens); this project's byte and gpt2 tokenizers are refused for a Llama checkpoint.
         """
         config_path = os.path.join(path, "config.json")
         with open(config_path) as f:
@@ -525,8 +523,8 @@ class GPT(nn.Module):
             raise ValueError(f"{config_path}: hidden_size={C}, num_attention_heads={nh}, num_key_value_heads="
                              f"{nkv}: heads must divide hidden_size and key/value heads the query heads")
         if getattr(tok, "name", None) in ("byte", "gpt2"):
-            raise NotImplementedError(f"{path}: the {tok.name!r} tokenizer's ids are not Llama's; a Llama "
-                                      f"tokenizer is not implemented (see GPT.from_pretrained)")
+            raise ValueError(f"{path}: the {tok.name!r} tokenizer's ids are not Llama's; use the directory's own, "
+                             f"tokenizer={os.path.join(path, 'tokenizer.json')!r}")
         _check_vocab(config_path, hf, tok)
         tie = hf.get("tie_word_embeddings", False)
         config = GPTConfig(block_size=block_size or hf.get("max_position_embeddings", 2048), vocab_size=tok.n_vocab,
@@ -819,8 +817,26 @@ def _write_tokenizer_json(tok, block_size, out_dir):
         "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in added}})
 
 
+def _write_llama_tokenizer(tok, block_size, out_dir):
+    """A Llama-family tokenizer.json as it came, with the four latent tokens added after its vocabulary."""
+    from data.tokenizer import SPECIALS
+    with open(tok.name, encoding="utf-8") as f:
+        tj = json.load(f)
+    latent = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+               "special": True} for s, i in zip(SPECIALS[1:], tok.latent_ids)]
+    tj["added_tokens"] = [a for a in tj.get("added_tokens", []) if a["content"] not in SPECIALS] + latent
+    _write_json(os.path.join(out_dir, "tokenizer.json"), tj)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "additional_special_tokens": SPECIALS[1:]}
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), specials)
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size, **specials,
+        "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in tj["added_tokens"]}})
+
+
 def _write_tokenizer(tok, block_size, out_dir):
     from data.tokenizer import EOT, SPECIALS, gpt2_files
+    if tok.name.endswith("tokenizer.json"):
+        return _write_llama_tokenizer(tok, block_size, out_dir)
     if tok.name == "gpt2":
         merges, vocab_path = gpt2_files()
         with open(vocab_path) as f:

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import apply, defaults_of, parse_args
 from data.files import atomic_open, check_settings, open_bin
-from data.tokenizer import get_tokenizer
+from data.tokenizer import canonical, get_tokenizer
 from model import GPT, GPTConfig, estimate_mfu, load_checkpoint, model_args, save_checkpoint, setup
 
 # ----------------------------------------------------------------------------- config
@@ -32,10 +32,10 @@ out_dir = "out"
 train_bins = []           # token bins to train on
 train_weights = None      # mixing weight per bin; None = proportional to each bin's size
 val_bins = {}             # name -> bin, e.g. {"raw": ".../val_raw.bin", "aug": ".../val_aug.bin"}
-init_from = "scratch"     # "scratch" | a .pt checkpoint of this project (weights only) | a local HF GPT-2 directory
+init_from = "scratch"     # "scratch" | a .pt checkpoint of this project (weights only) | a local HF GPT-2 or Llama dir
 tokenizer = "byte"
 latent = False            # recorded in the checkpoint: trained on thought-augmented data?
-# model (ignored when init_from is a checkpoint or a GPT-2 directory: the shape comes from there)
+# model (ignored when init_from is a checkpoint or a Hugging Face directory: the shape comes from there)
 n_layer = 6
 n_head = 6
 n_embd = 384
@@ -81,23 +81,23 @@ HARMLESS = {"out_dir", "val_bins", "eval_interval", "eval_tokens", "log_interval
 def resolve(config_file=None, **overrides):
     """Defaults <- config file <- keyword overrides, each key and type checked (a typo is an error)."""
     cfg = apply(DEFAULTS, parse_args([config_file], DEFAULTS) if config_file else {}, config_file or "")
-    return apply(cfg, overrides, "train() arguments")
+    cfg = apply(cfg, overrides, "train() arguments")
+    return {**cfg, "tokenizer": canonical(cfg["tokenizer"])}  # a tokenizer file: by its absolute path
 
 
 def build_model(cfg, tok):
-    """The starting model: a seeded fresh init, a project checkpoint's weights, or a local GPT-2 directory."""
+    """The starting model: a seeded fresh init, a project checkpoint's weights, or a local Hugging Face directory."""
     src = cfg["init_from"]
     if src == "scratch":
         torch.manual_seed(cfg["seed"])
         shape = ("block_size", "n_layer", "n_head", "n_embd", "dropout", "bias", "rope_theta", "norm", "mlp",
                  "n_kv_head", "tie_embeddings")
         return GPT(GPTConfig(vocab_size=tok.n_vocab, **{k: cfg[k] for k in shape}))
-    if os.path.isdir(src):
-        if tok.name != "gpt2":
-            raise ValueError(f"init_from={src!r} is a GPT-2 directory: it needs tokenizer 'gpt2', not {tok.name!r}")
+    if os.path.isdir(src):  # a Hugging Face directory: GPT-2 (tokenizer gpt2) or Llama (its own tokenizer.json)
         return GPT.from_pretrained(src, tok, block_size=cfg["block_size"])
     if not os.path.isfile(src):
-        raise FileNotFoundError(f"init_from={src!r}: neither 'scratch', a checkpoint file nor a GPT-2 directory")
+        raise FileNotFoundError(f"init_from={src!r}: neither 'scratch', a checkpoint file nor a Hugging Face "
+                                f"directory")
     return load_checkpoint(src, tokenizer=tok.name, dropout=cfg["dropout"])[0]
 
 

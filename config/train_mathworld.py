@@ -1,4 +1,4 @@
-# The default model for the embedded math corpus (em.py's M-steps): a byte-level GPT of 0.8M parameters, small
+# The default model for the embedded math corpus (em.py's M-steps, with its mathworld tokenizer): 0.85M parameters, small
 # enough that the whole EM run (em.py) fits in an afternoon on a 2-core CPU (README, "Results").
 #     python train.py config/train_mathworld.py --train_bins="['runs/default/data/warm_aug.bin']" --max_tokens=2000000
 n_layer = 4

