@@ -182,141 +182,178 @@ def n_tokens(path):
     return len(open_bin(path))
 
 
-def main(argv):
-    # on a GPU, the GPU preset (config/em_gpu.py) unless a config file is given: a bigger world and model
+def configure(argv):
+    """The settings: defaults <- config files (on a GPU, config/em_gpu.py unless one is given) <- the command line."""
     gpu = torch.cuda.is_available()
     files = [a for a in argv if not a.startswith("-") and a.endswith(".py")]
     if gpu and not files and "--gpu_preset=False" not in argv:
         argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "em_gpu.py")] + argv
     cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
-    rd = cfg["run_dir"]
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
-    setup()  # torchrun: one process group for every stage
-    preset = "gpu" if gpu and not files else "cpu"
-    log(f"{'GPU' if gpu else 'no GPU: CPU'} preset{' with ' + ', '.join(files) if files else ''}; run_dir {rd}; "
-        f"{cfg['iters']} EM iterations, K={cfg['K']}; {torch.get_num_threads()} CPU threads"
-        + ("" if gpu else "; the 1-minute smoke version: python em.py config/em_cpu_smoke.py"))
-    if cfg["force"] and rank0() and os.path.exists(rd):
-        shutil.rmtree(rd)
-    barrier()
-    os.makedirs(rd, exist_ok=True)
-    if rank0():
-        with open(os.path.join(rd, "invocations.jsonl"), "a") as f:  # several processes may share a run_dir
-            f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": argv, "config": cfg}) + "\n")
-    data = os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else os.path.join(rd, "data")
-    if cfg["reuse_from"] and rank0():
-        # share the corpus, base, M_0, baselines and oracle of another run: the K / selection ablations start from them
-        for name in ("data", "base", "m0", "raw_token_match", "raw_flop_match", "oracle"):
-            src, dst = os.path.join(os.path.abspath(cfg["reuse_from"]), name), os.path.join(rd, name)
-            if os.path.exists(src) and not os.path.lexists(dst):
-                os.symlink(src, dst)
-    barrier()
-    its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
     # the measured stage times hold for the default settings only (a data_dir or other budgets: no estimate)
     measured = not files and all(cfg[k] == DEFAULTS[k] for k in {*stage_config(cfg, "m0"), *stage_config(cfg, "iter1")}
                                  if k != "seed")
-    stage = Stages(cfg, preset if measured else "custom", ["data", "base"] + (["m0"] if cfg["em"] else []) +
-                   (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
-                   (["oracle"] if cfg["oracle"] and (not cfg["data_dir"] or
-                                                      os.path.exists(os.path.join(data, "boot.gold.jsonl"))) else []) + (its if cfg["em"] else []))
-    # the corpus (data/files.py, the contract): warm-start split with teacher thoughts, bootstrap split (raw),
-    # validation, evaluation set; the embedded world is generated, a data_dir is only checked
-    def make_data(d):
-        if cfg["data_dir"]:
-            check_contract(data)
-        elif rank0():
-            prepare(d, seed=cfg["data_seed"], n_docs=cfg["n_docs"], warm_fraction=cfg["warm_fraction"],
-                    teacher_error_rate=cfg["teacher_error_rate"], tokenizer=cfg["tokenizer"],
-                    problems_per_doc=tuple(cfg["problems_per_doc"]), families=tuple(cfg["families"]),
-                    max_level=cfg["max_level"])
+    preset = ("gpu" if gpu else "cpu") if measured else "custom"
+    log(f"{'GPU' if gpu else 'no GPU: CPU'} preset{' with ' + ', '.join(files) if files else ''}; run_dir "
+        f"{cfg['run_dir']}; {cfg['iters']} EM iterations, K={cfg['K']}; {torch.get_num_threads()} CPU threads"
+        + ("" if gpu else "; the 1-minute smoke version: python em.py config/em_cpu_smoke.py"))
+    return cfg, argv, preset
+
+
+class Run:
+    """One run of the method in run_dir: each method below is one of its stages (or a few), kept by Stages."""
+
+    def __init__(self, cfg, argv, preset):
+        self.cfg, rd = cfg, cfg["run_dir"]
+        if cfg["force"] and rank0() and os.path.exists(rd):
+            shutil.rmtree(rd)
         barrier()
-        return {name: n_tokens(os.path.join(data, name + ".bin"))
-                for name in ("warm_raw", "warm_aug", "boot_raw", "val_raw", "val_aug", "background")
-                if os.path.exists(os.path.join(data, name + ".bin"))}
-    size = stage("data", make_data)
-    have = lambda name: os.path.exists(os.path.join(data, name))
-    val = {k: os.path.join(data, f"val_{k}.bin") for k in ("raw", "aug") if have(f"val_{k}.bin")}
-    train_kw = dict(config_file=cfg["train_config"], seed=cfg["seed"], tokenizer=read_meta(data)["tokenizer"],
-                    **cfg["train_overrides"], val_bins=val)
-    gold = os.path.join(data, "boot.gold.jsonl") if have("boot.gold.jsonl") else None  # only where gold exists
-    eval_data = cfg["eval_data"] or os.path.join(data, cfg["eval_split"] + ".jsonl")
-    valid = os.path.join(data, "valid.jsonl") if have("valid.jsonl") and not cfg["eval_data"] else None
-    exemplars = cfg["eval_exemplars"] or (os.path.join(data, "exemplars.jsonl") if have("exemplars.jsonl") else "")
+        os.makedirs(rd, exist_ok=True)
+        if rank0():
+            with open(os.path.join(rd, "invocations.jsonl"), "a") as f:  # several processes may share a run_dir
+                f.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": argv, "config": cfg}) + "\n")
+            if cfg["reuse_from"]:  # share the corpus, base, M_0, baselines and oracle of another run (ablations)
+                for name in ("data", "base", "m0", "raw_token_match", "raw_flop_match", "oracle"):
+                    src, dst = os.path.join(os.path.abspath(cfg["reuse_from"]), name), os.path.join(rd, name)
+                    if os.path.exists(src) and not os.path.lexists(dst):
+                        os.symlink(src, dst)
+        barrier()
+        self.data = os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else os.path.join(rd, "data")
+        self.oracle_possible = cfg["oracle"] and (not cfg["data_dir"] or self.have("boot.gold.jsonl"))
+        its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
+        self.stage = Stages(cfg, preset, ["data", "base"] + (["m0"] if cfg["em"] else []) +
+                            (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
+                            (["oracle"] if self.oracle_possible else []) + (its if cfg["em"] else []))
 
-    # the base every training restarts from (method.md, M-step). The paper's base is a pretrained LM; ours is
-    # pretrained on the world's background text (derivations without their problems: arithmetic and the form of a
-    # derivation, not which problem needs which), or is a fresh initialisation with base_epochs=0
-    base = os.path.join(rd, "base", "ckpt.pt" if cfg["base_epochs"] else "init.pt")
+    def have(self, name):
+        return os.path.exists(os.path.join(self.data, name))
 
-    def make_the_base(d):
-        init = make_base(os.path.join(d, "init.pt"), **{k: v for k, v in train_kw.items() if k != "val_bins"})
-        if not cfg["base_epochs"]:
-            return init
-        if "background" not in size:
-            raise ValueError(f"base_epochs={cfg['base_epochs']} needs {data}/background.bin to pretrain on; with "
-                             "--data_dir use --base_epochs=0 (and a pretrained GPT-2 via train_overrides' init_from)")
-        s = train(out_dir=d, train_bins=[os.path.join(data, "background.bin")], init_from=init["ckpt"], latent=False,
-                  max_tokens=int(cfg["base_epochs"] * size["background"]), **train_kw)
-        return {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s")}
-    stage("base", make_the_base)
+    def path(self, name):
+        return os.path.join(self.data, name)
 
-    # the budget of every training: mstep_epochs over the warm-start corpus plus the bootstrap corpus at the warm
-    # start's thought density; fixed up front so M_0, every M-step and the FLOP-matched baseline share it
-    budget = int(cfg["mstep_epochs"] * (size["warm_aug"] + size["boot_raw"] * size["warm_aug"] / size["warm_raw"]))
+    def corpus(self):
+        """The corpus (data/files.py, the contract): warm-start split with teacher thoughts, bootstrap split (raw),
+        validation, evaluation set. The embedded world is generated; a data_dir is only checked."""
+        cfg = self.cfg
 
-    def fit_and_eval(d, bins, max_tokens, init, latent):
+        def make(d):
+            if cfg["data_dir"]:
+                check_contract(self.data)
+            elif rank0():
+                prepare(d, seed=cfg["data_seed"], n_docs=cfg["n_docs"], warm_fraction=cfg["warm_fraction"],
+                        teacher_error_rate=cfg["teacher_error_rate"], tokenizer=cfg["tokenizer"],
+                        problems_per_doc=tuple(cfg["problems_per_doc"]), families=tuple(cfg["families"]),
+                        max_level=cfg["max_level"])
+            barrier()
+            return {name: n_tokens(self.path(name + ".bin"))
+                    for name in ("warm_raw", "warm_aug", "boot_raw", "val_raw", "val_aug", "background")
+                    if self.have(name + ".bin")}
+        self.size = self.stage("data", make)
+        val = {k: self.path(f"val_{k}.bin") for k in ("raw", "aug") if self.have(f"val_{k}.bin")}
+        self.train_kw = dict(config_file=cfg["train_config"], seed=cfg["seed"],
+                             tokenizer=read_meta(self.data)["tokenizer"], **cfg["train_overrides"], val_bins=val)
+        self.gold = self.path("boot.gold.jsonl") if self.have("boot.gold.jsonl") else None  # only where gold exists
+        self.eval_data = cfg["eval_data"] or self.path(cfg["eval_split"] + ".jsonl")
+        self.valid = self.path("valid.jsonl") if self.have("valid.jsonl") and not cfg["eval_data"] else None
+        self.exemplars = cfg["eval_exemplars"] or (self.path("exemplars.jsonl") if self.have("exemplars.jsonl") else "")
+        # the budget of every training: mstep_epochs over the warm-start corpus plus the bootstrap corpus at the
+        # warm start's thought density; fixed up front so every M-step and the FLOP-matched baseline share it
+        s = self.size
+        self.budget = int(cfg["mstep_epochs"] * (s["warm_aug"] + s["boot_raw"] * s["warm_aug"] / s["warm_raw"]))
+
+    def pretrained_base(self):
+        """The base every training restarts from (method.md, M-step). The paper's base is a pretrained LM; ours is
+        pretrained on the world's background text (worked problems of other families), or is the model of
+        train_config's init_from (a fresh initialisation, or a Hugging Face directory) with base_epochs=0."""
+        cfg = self.cfg
+        self.base = os.path.join(cfg["run_dir"], "base", "ckpt.pt" if cfg["base_epochs"] else "init.pt")
+
+        def make(d):
+            init = make_base(os.path.join(d, "init.pt"), **{k: v for k, v in self.train_kw.items() if k != "val_bins"})
+            if not cfg["base_epochs"]:
+                return init
+            if "background" not in self.size:
+                raise ValueError(f"base_epochs={cfg['base_epochs']} needs {self.data}/background.bin to pretrain on; "
+                                 "with --data_dir use --base_epochs=0 (and a pretrained model via init_from)")
+            s = train(out_dir=d, train_bins=[self.path("background.bin")], init_from=init["ckpt"], latent=False,
+                      max_tokens=int(cfg["base_epochs"] * self.size["background"]), **self.train_kw)
+            return {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s")}
+        self.stage("base", make)
+
+    def fit_and_eval(self, d, bins, max_tokens, init, latent):
+        """Train on bins (mixed by size) from init, then evaluate (and on the validation problems too)."""
+        cfg = self.cfg
         sizes = [n_tokens(b) for b in bins]
         s = train(out_dir=d, train_bins=bins, train_weights=[n / sum(sizes) for n in sizes], max_tokens=int(max_tokens),
-                  init_from=init, latent=latent, **train_kw)
-        r = evaluate(s["ckpt"], eval_data, exemplars=exemplars,
-                     n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
-                     limit=cfg["eval_limit"] or None, out_dir=os.path.join(d, "eval"))
+                  init_from=init, latent=latent, **self.train_kw)
+        ev = dict(exemplars=self.exemplars, n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"],
+                  batch_size=cfg["eval_batch"], limit=cfg["eval_limit"] or None)
+        r = evaluate(s["ckpt"], self.eval_data, out_dir=os.path.join(d, "eval"), **ev)
         out = {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s"),
                **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
-        if valid and valid != eval_data:  # the validation problems too: settings are chosen on these, not on eval
-            v = evaluate(s["ckpt"], valid, exemplars=exemplars, n_shot=cfg["eval_shots"],
-                         max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
-                         limit=cfg["eval_limit"] or None, out_dir=os.path.join(d, "valid"))
+        if self.valid and self.valid != self.eval_data:  # settings are chosen on these problems, not on eval
+            v = evaluate(s["ckpt"], self.valid, out_dir=os.path.join(d, "valid"), **ev)
             out["valid"] = {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown")}
         return out
 
-    # warm start (method.md): M_0 on the warm-start split with the teacher's thoughts
-    if cfg["em"]:
-        stage("m0", lambda d: fit_and_eval(
-            d, [os.path.join(data, "warm_aug.bin")], cfg["m0_epochs"] * size["warm_aug"], base, True))
-    # raw baselines (method.md): the same documents without thoughts
-    raw = [os.path.join(data, "warm_raw.bin"), os.path.join(data, "boot_raw.bin")]
-    if cfg["baselines"]:
-        stage("raw_token_match", lambda d: fit_and_eval(   # same raw tokens and epochs
-            d, raw, cfg["mstep_epochs"] * (size["warm_raw"] + size["boot_raw"]), base, False))
-        stage("raw_flop_match", lambda d: fit_and_eval(    # as many tokens as an M-step
-            d, raw, budget, base, False))
+    def warm_start(self):
+        """M_0 (method.md, Warm start): the warm-start split with the teacher's thoughts, on a budget of its own."""
+        self.stage("m0", lambda d: self.fit_and_eval(d, [self.path("warm_aug.bin")],
+                                                     self.cfg["m0_epochs"] * self.size["warm_aug"], self.base, True))
 
-    # an upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the E-step
-    # recovered every one; the gap between this row and the EM rows is what a better posterior could still gain
-    if cfg["oracle"] and gold is not None:
+    def baselines(self):
+        """The same documents without thoughts (method.md, Baselines): as many raw tokens (and epochs), and as many
+        training tokens as an M-step."""
+        raw = [self.path("warm_raw.bin"), self.path("boot_raw.bin")]
+        raw_tokens = self.cfg["mstep_epochs"] * (self.size["warm_raw"] + self.size["boot_raw"])
+        self.stage("raw_token_match", lambda d: self.fit_and_eval(d, raw, raw_tokens, self.base, False))
+        self.stage("raw_flop_match", lambda d: self.fit_and_eval(d, raw, self.budget, self.base, False))
+
+    def oracle(self):
+        """An upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the
+        E-step recovered every one; the gap to the EM rows is what a better posterior could still gain."""
         def with_gold(d):
             gold_bin = os.path.join(d, "boot_gold_aug.bin")
-            build_augmented_bin(get_tokenizer(read_meta(data)["tokenizer"]), os.path.join(data, "boot.chunks.jsonl"),
-                                gold, gold_bin, cfg["seed"])
-            return fit_and_eval(d, [os.path.join(data, "warm_aug.bin"), gold_bin], budget, base, True)
-        stage("oracle", with_gold)
+            build_augmented_bin(get_tokenizer(read_meta(self.data)["tokenizer"]), self.path("boot.chunks.jsonl"),
+                                self.gold, gold_bin, self.cfg["seed"])
+            return self.fit_and_eval(d, [self.path("warm_aug.bin"), gold_bin], self.budget, self.base, True)
+        self.stage("oracle", with_gold)
 
-    # EM: the E-step with M_{t-1} infers thoughts for the bootstrap split; the M-step trains M_t from the base
-    prev = os.path.join(rd, "m0", "ckpt.pt")
-    for t in range(1, cfg["iters"] + 1 if cfg["em"] else 1):
-        e = stage(f"iter{t}/estep", lambda d: sample_thoughts(
-            prev, os.path.join(data, "boot.chunks.jsonl"), d, K=cfg["K"], max_thought_tokens=cfg["max_thought_tokens"],
-            selection=cfg["selection"], n_prefix=cfg["n_prefix"], seed=cfg["seed"] * 1000 + t,
-            batch_size=cfg["estep_batch"], gold=gold))
-        init = prev if cfg["continue_from_previous"] else base
-        m = stage(f"iter{t}/mstep", lambda d: fit_and_eval(
-            d, [os.path.join(data, "warm_aug.bin"), os.path.join(rd, f"iter{t}", "estep", "aug.bin")], budget, init, True))
-        prev = os.path.join(rd, f"iter{t}", "mstep", "ckpt.pt")
-        log(f"iteration {t}: accuracy {m['accuracy']:.3f}; E-step ELBO {e['elbo']:.2f}, ESS {e['ess']:.2f} of {cfg['K']}"
-            + (f", chosen thoughts with the gold result {e['agree_chosen']:.3f} (random of K: {e['agree_random']:.3f})"
-               if e.get("agree_chosen") is not None else ""))
+    def em_iterations(self):
+        """EM: the E-step with M_{t-1} infers thoughts for the bootstrap split; the M-step trains M_t from the base
+        (method.md) on them and the warm-start split, with the same budget every iteration."""
+        cfg, rd = self.cfg, self.cfg["run_dir"]
+        prev = os.path.join(rd, "m0", "ckpt.pt")
+        for t in range(1, cfg["iters"] + 1):
+            e = self.stage(f"iter{t}/estep", lambda d: sample_thoughts(
+                prev, self.path("boot.chunks.jsonl"), d, K=cfg["K"], max_thought_tokens=cfg["max_thought_tokens"],
+                selection=cfg["selection"], n_prefix=cfg["n_prefix"], seed=cfg["seed"] * 1000 + t,
+                batch_size=cfg["estep_batch"], gold=self.gold))
+            init = prev if cfg["continue_from_previous"] else self.base
+            aug = os.path.join(rd, f"iter{t}", "estep", "aug.bin")
+            m = self.stage(f"iter{t}/mstep", lambda d: self.fit_and_eval(
+                d, [self.path("warm_aug.bin"), aug], self.budget, init, True))
+            prev = os.path.join(rd, f"iter{t}", "mstep", "ckpt.pt")
+            log(f"iteration {t}: accuracy {m['accuracy']:.3f}; E-step ELBO {e['elbo']:.2f}, ESS {e['ess']:.2f} of "
+                f"{cfg['K']}" + (f", chosen thoughts with the gold result {e['agree_chosen']:.3f} (random of K: "
+                                 f"{e['agree_random']:.3f})" if e.get("agree_chosen") is not None else ""))
+
+
+def main(argv):
+    cfg, argv, preset = configure(argv)
+    setup()  # torchrun: one process group for every stage
+    run = Run(cfg, argv, preset)
+    run.corpus()
+    run.pretrained_base()
+    if cfg["em"]:
+        run.warm_start()
+    if cfg["baselines"]:
+        run.baselines()
+    if run.oracle_possible:
+        run.oracle()
+    if cfg["em"]:
+        run.em_iterations()
     return report(cfg) if rank0() else None
 
 
