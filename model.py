@@ -410,6 +410,7 @@ class GPT(nn.Module):
         out_tok = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)
         out_lp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=device)
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        nxt = None  # the token each row drew last: the input of the next step
 
         for t in range(max_new_tokens):
             if t > 0:
@@ -424,17 +425,8 @@ class GPT(nn.Module):
                     torch.compiler.cudagraph_mark_step_begin()
                 logits = step(nxt[:, None], pad, cache)
                 cache.col += 1
-            logits = logits + bias
-            if temperature == 0:
-                nxt = logits.argmax(-1)
-                lp = F.log_softmax(logits, -1)
-            else:
-                lp = F.log_softmax(logits / temperature, -1)
-                # torch.multinomial's own method for one sample (argmax of p / Exp(1) noise, so the same draws
-                # from the same seed), without its check of the probabilities, which is a host sync
-                nxt = (lp.exp() / torch.empty_like(lp).exponential_(1, generator=gen)).argmax(-1)
+            nxt, out_lp[rows, t] = sample(logits + bias, temperature, gen)
             out_tok[rows, t] = nxt
-            out_lp[rows, t] = lp.gather(-1, nxt[:, None]).squeeze(-1)
             done[rows] |= torch.isin(nxt, stop)
             # checking for finished rows costs a host sync: do it every 16 steps, and then drop finished
             # rows from the batch when they are at least half of it (no compute on rows that are done)
@@ -448,12 +440,7 @@ class GPT(nn.Module):
                     rows, pad, nxt = rows[keep], pad[keep], nxt[keep]
                     cache.select(keep)
 
-        # a row's length runs to its first stop token, inclusive
-        is_stop = torch.isin(out_tok, stop) if len(stop) else torch.zeros_like(out_tok, dtype=torch.bool)
-        first = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, max_new_tokens)
-        finished = is_stop.any(1).tolist()
-        out_tok, out_lp, first = out_tok.tolist(), out_lp.tolist(), first.tolist()
-        return ([r[:n] for r, n in zip(out_tok, first)], [r[:n] for r, n in zip(out_lp, first)], finished)
+        return cut_at_stop(out_tok, out_lp, stop)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -558,6 +545,27 @@ class GPT(nn.Module):
 
 # HF's GPT-2 Conv1D stores (in, out): transposed from and to nn.Linear's (out, in)
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def sample(logits, temperature, gen):
+    """One token per row and its log-prob (E-step 1: the log q of what was drawn). Temperature 0: the argmax, with
+    its log-prob under the untempered model."""
+    if temperature == 0:
+        nxt, lp = logits.argmax(-1), F.log_softmax(logits, -1)
+    else:
+        lp = F.log_softmax(logits / temperature, -1)
+        # torch.multinomial's own method for one sample (argmax of p / Exp(1) noise, so the same draws from the
+        # same seed), without its check of the probabilities, which is a host sync
+        nxt = (lp.exp() / torch.empty_like(lp).exponential_(1, generator=gen)).argmax(-1)
+    return nxt, lp.gather(-1, nxt[:, None]).squeeze(-1)
+
+
+def cut_at_stop(tokens, logprobs, stop):
+    """(B, T) outputs -> lists, each row running to its first stop token inclusive; and whether it had one."""
+    is_stop = torch.isin(tokens, stop) if len(stop) else torch.zeros_like(tokens, dtype=torch.bool)
+    first = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, tokens.size(1)).tolist()
+    tokens, logprobs = tokens.tolist(), logprobs.tolist()
+    return [r[:n] for r, n in zip(tokens, first)], [r[:n] for r, n in zip(logprobs, first)], is_stop.any(1).tolist()
 
 
 def _llama_names(config):

@@ -228,6 +228,22 @@ def val_loss(model, cfg, val, ctx, device, rank, world):
     return out
 
 
+def resume_or_start(cfg, tok, ckpt_path, steps, world):
+    """(model, checkpoint or None): out_dir/ckpt.pt of the same config continues (a finished one is returned as it
+    is); another config there is an error; without one, the starting model (build_model)."""
+    if cfg["resume"] not in ("auto", "never"):
+        raise ValueError(f"resume must be 'auto' or 'never', got {cfg['resume']!r}")
+    if cfg["resume"] == "never" or not os.path.exists(ckpt_path):
+        return build_model(cfg, tok), None
+    model, ckpt = load_checkpoint(ckpt_path, tokenizer=tok.name)
+    check_settings(ckpt_path, ckpt.get("config", {}), cfg, ignore=HARMLESS,
+                   hint="use another out_dir, delete it, or pass resume='never' to start over")
+    if not ckpt.get("done") and ckpt.get("steps_total") != steps:  # another number of processes: other batches
+        raise ValueError(f"{ckpt_path}: a run of {ckpt.get('steps_total')} steps, now {steps} "
+                         f"({world} processes); continue it with the number of processes it started with")
+    return model, ckpt
+
+
 def train(config_file=None, **overrides):
     """Train per the config; returns {"tokens", "steps", "val", "wall_s", "tokens_per_s", "mfu", "ckpt", "latent",
     "done"}. Continues an interrupted run in out_dir; a finished one returns its summary without training."""
@@ -243,22 +259,10 @@ def train(config_file=None, **overrides):
     tokens_per_step = B * A * T * world
     steps = math.ceil(cfg["max_tokens"] / tokens_per_step) if cfg["max_tokens"] > 0 else cfg["max_steps"]
 
-    # resume: out_dir/ckpt.pt of the same config continues; a finished one is returned as it is
     ckpt_path, log_path = os.path.join(cfg["out_dir"], "ckpt.pt"), os.path.join(cfg["out_dir"], "log.jsonl")
-    if cfg["resume"] not in ("auto", "never"):
-        raise ValueError(f"resume must be 'auto' or 'never', got {cfg['resume']!r}")
-    ckpt = None
-    if cfg["resume"] == "auto" and os.path.exists(ckpt_path):
-        model, ckpt = load_checkpoint(ckpt_path, tokenizer=tok.name)
-        check_settings(ckpt_path, ckpt.get("config", {}), cfg, ignore=HARMLESS,
-                       hint="use another out_dir, delete it, or pass resume='never' to start over")
-        if ckpt.get("done"):
-            return ckpt["summary"]
-        if ckpt.get("steps_total") != steps:  # same config, another number of processes: other batches
-            raise ValueError(f"{ckpt_path}: a run of {ckpt.get('steps_total')} steps, now {steps} "
-                             f"({world} processes); continue it with the number of processes it started with")
-    else:
-        model = build_model(cfg, tok)
+    model, ckpt = resume_or_start(cfg, tok, ckpt_path, steps, world)
+    if ckpt is not None and ckpt.get("done"):
+        return ckpt["summary"]  # finished already
     if model.config.block_size < T:
         raise ValueError(f"block_size {T} > the model's {model.config.block_size} (init_from={cfg['init_from']!r})")
     model.to(dev)
