@@ -299,8 +299,7 @@ class GPT(nn.Module):
         pos = (q[None] - pad[rows][:, None]).clamp(max=self.config.block_size - 1)
         logits, _ = self(tail, pos=pos, cache=cache, mask=mask[:, None])
         logits = torch.cat([last[rows, None], logits[:, :-1]], 1)  # the logits that predict tail[:, t]
-        logp = F.log_softmax(logits[..., :self.config.vocab_size].float(), dim=-1)
-        tok_logp = logp.gather(-1, tail[..., None]).squeeze(-1)  # (B, Tm)
+        tok_logp = target_logprobs(logits[..., :self.config.vocab_size], tail)  # (B, Tm)
         n = torch.tensor([n - st for n, st in zip(lengths, starts)], device=device)
         return (tok_logp * (torch.arange(Tm, device=device)[None] < n[:, None])).sum(1)
 
@@ -316,8 +315,7 @@ class GPT(nn.Module):
         if L == 1:  # nothing to score: every row is its head
             return torch.zeros(len(seqs), device=device)
         logits, _ = self(idx[:, :-1])
-        logp = F.log_softmax(logits[..., :self.config.vocab_size].float(), dim=-1)
-        tok_logp = logp.gather(-1, idx[:, 1:, None]).squeeze(-1)  # (B, L-1): log p(idx[t+1] | idx[:t+1])
+        tok_logp = target_logprobs(logits[..., :self.config.vocab_size], idx[:, 1:])  # log p(idx[t+1] | idx[:t+1])
         t = torch.arange(1, L, device=device)[None]
         keep = (t >= torch.tensor(starts, device=device)[:, None]) & (t < torch.tensor(list(map(len, seqs)),
                                                                                        device=device)[:, None])
@@ -545,6 +543,13 @@ class GPT(nn.Module):
 
 # HF's GPT-2 Conv1D stores (in, out): transposed from and to nn.Linear's (out, in)
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def target_logprobs(logits, targets):
+    """log softmax(logits)[target] at every position, in float32, without a log-softmax over the whole vocabulary
+    (one pass for logsumexp, one gather: at a small model's size scoring is bound by these memory passes)."""
+    logits = logits.float()
+    return logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def sample(logits, temperature, gen):
