@@ -164,7 +164,8 @@ def plot_accuracy(plt, runs):
                            label=f"{name} {label}".strip())
     ax.set_xlabel("EM iteration (0 = warm start M_0)")
     ax.set_ylabel("accuracy on held-out problems")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # a run with no finished row yet has nothing to label
+        ax.legend(fontsize=7)
     return img(plt, fig, "accuracy per EM iteration")
 
 
