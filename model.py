@@ -675,6 +675,7 @@ def export_hf(model, tok_name, out_dir):
         from data.tokenizer import get_tokenizer
         tok = get_tokenizer(tok_name)
     eot = tok.eot if tok is not None else None
+    bos = getattr(tok, "bos", eot)  # Llama tokenizers put <s> first; the others start a text with nothing
     if all(getattr(c, k) == v for k, v in gpt2.items()):
         hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
               "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
@@ -697,7 +698,7 @@ def export_hf(model, tok_name, out_dir):
               "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.n_embd // c.n_head,
               "hidden_act": "silu", "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps,
               "tie_word_embeddings": c.tie_embeddings, "attention_bias": False, "mlp_bias": False,
-              "attention_dropout": c.dropout, "bos_token_id": eot, "eos_token_id": eot,
+              "attention_dropout": c.dropout, "bos_token_id": bos, "eos_token_id": eot,
               # older transformers read rope_theta and rope_scaling, newer ones rope_parameters
               "rope_theta": c.rope_theta, "rope_scaling": None,
               "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}}
@@ -942,8 +943,10 @@ def setup(device="auto", dtype="auto"):
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto" or (device == "cuda" and world > 1):
+    if device == "auto":
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local}"  # set_device needs an index; under torchrun it is this rank's GPU
     cuda = device.startswith("cuda")
     if dtype not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {dtype!r}")

@@ -46,11 +46,11 @@ def bin_dtype(vocab_size):
 
 
 class AtomicFile:
-    """A file written as path.tmp: commit() renames it to path, abort() removes it. The one way every output of
+    """A file written as path.PID.tmp: commit() renames it to path, abort() removes it. The one way every output of
     the project is written, so an interrupted or failed job never leaves a file that looks finished."""
 
     def __init__(self, path, mode="w"):
-        self.path, self.tmp = path, path + ".tmp"
+        self.path, self.tmp = path, f"{path}.{os.getpid()}.tmp"  # per process: two writers never share one
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.f = gzip.open(self.tmp, mode) if path.endswith(".gz") else open(self.tmp, mode)
 
@@ -70,7 +70,7 @@ class AtomicFile:
 
 @contextmanager
 def atomic_open(path, mode="w"):
-    """Write to path.tmp, rename to path only if the block finishes."""
+    """Write to a temporary file beside path, renamed to path only if the block finishes."""
     a = AtomicFile(path, mode)
     try:
         yield a.f
@@ -166,7 +166,8 @@ def update_meta(directory, tok, bins=None, **fields):
 
 
 class BinWriter:
-    """Streams documents (lists of ids) into path.tmp; close() renames it to path and records it in meta.json."""
+    """Streams documents (lists of ids) into a temporary file; close() renames it to path and records it in
+    meta.json."""
 
     def __init__(self, path, tok):
         self.path, self.tok = path, tok

@@ -90,12 +90,17 @@ def joint_sequence(tok, prefix, x, z, max_tokens=None, block_size=None):
     U+FFFD), they are shortened further, so that the whole sequence fits block_size.
     """
     z_ids = tok.encode(z)
-    if block_size is not None:
-        room = block_size - len(_prefix_part(tok, [1])) - len(prior_order(tok, z_ids, []))
-        if room < 1:
+    fixed = len(prior_order(tok, z_ids, []))
+    room = None if block_size is None else block_size - (len(_prefix_part(tok, [0])) - 1) - fixed  # with P
+    if room is None or (max_tokens is not None and max_tokens <= room):
+        p, xs = fit_context(tok, prefix, x, max_tokens)
+    else:  # the thought re-encodes longer than it was sampled: P and X give way so that the whole fits the block
+        if block_size - 1 - fixed < 0:
             raise ValueError(f"a thought of {len(z_ids)} tokens leaves no room for its chunk in block_size {block_size}")
-        max_tokens = room if max_tokens is None else min(max_tokens, room)
-    p, xs = fit_context(tok, prefix, x, max_tokens)
+        p, xs = fit_context(tok, prefix, x, max(room, 0))
+        if not p:  # no prefix part after all: its two control tokens are room for the chunk
+            xs = fit_context(tok, "", x, block_size - 1 - fixed if max_tokens is None else
+                             min(max_tokens, block_size - 1 - fixed))[1]
     head = _prefix_part(tok, p)
     return head + prior_order(tok, z_ids, xs), len(head)
 

@@ -67,6 +67,7 @@ class LlamaTokenizer:
             raise ValueError(f"{path}: no '</s>' token, the document separator")
         base = max(self.pieces) + 1
         self.eot = self.vocab["</s>"]
+        self.bos = self.vocab.get("<s>", self.eot)  # what Hugging Face puts before a text; our documents never use it
         self.sol, self.eol, self.prior, self.posterior = range(base, base + 4)
         self.latent_ids = [self.sol, self.eol, self.prior, self.posterior]
         self.specials = {s: i for s, i in zip(SPECIALS[1:], self.latent_ids)}
@@ -106,15 +107,24 @@ class LlamaTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids):
-        out = bytearray()
-        for i in ids:
-            piece = self.pieces.get(i)
-            if piece is None:
-                name = next((s for s, j in self.specials.items() if j == i), None)
-                out += (name or "\ufffd").encode("utf-8")
-            elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
-                out.append(int(piece[3:5], 16))
+        # as Hugging Face's decoder: a run of byte tokens is its UTF-8 text, or one U+FFFD per byte if invalid
+        parts, run = [], bytearray()
+        for i in list(ids) + [None]:
+            piece = self.pieces.get(i) if i is not None else None
+            if piece is not None and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+                run.append(int(piece[3:5], 16))
+                continue
+            if run:
+                try:
+                    parts.append(run.decode("utf-8"))
+                except UnicodeDecodeError:
+                    parts.append("\ufffd" * len(run))
+                run = bytearray()
+            if i is None:
+                break
+            if piece is None:  # a latent token: by its name
+                parts.append(next((name for name, j in self.specials.items() if j == i), "\ufffd"))
             else:
-                out += piece.replace(SPACE, " ").encode("utf-8")
-        text = out.decode("utf-8", errors="replace")
+                parts.append(piece.replace(SPACE, " "))
+        text = "".join(parts)
         return text[1:] if text.startswith(" ") else text

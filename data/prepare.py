@@ -157,7 +157,7 @@ FIT_CHARS = 5_000_000     # --tokenizer=fit:N learns its merges on at most this 
 def tokenizer_for(spec, out_dir, texts):
     """
     The directory's tokenizer name. "fit:N" fits N byte-pair merges (digits kept apart) on the first FIT_CHARS
-    characters of texts and stores them as out_dir/tokenizer.tiktoken: a vocabulary of 256 + N + 5 tokens, so a
+    characters of texts and stores them as out_dir/tokenizer-N.tiktoken: a vocabulary of 256 + N + 5 tokens, so a
     small model on a real corpus is not mostly a 50k-row embedding (gpt2's). A directory that already has one
     keeps it (its bins were made with it). Any other spec is a tokenizer name, returned as it is.
     """
@@ -167,7 +167,10 @@ def tokenizer_for(spec, out_dir, texts):
         n_merges = int(spec[4:])
     except ValueError:
         raise ValueError(f"--tokenizer={spec!r}: expected fit:N with N a number of merges, e.g. fit:1000") from None
-    path = os.path.abspath(os.path.join(out_dir, "tokenizer.tiktoken"))
+    path = os.path.abspath(os.path.join(out_dir, f"tokenizer-{n_merges}.tiktoken"))  # another N: another name
+    meta = read_meta(out_dir)
+    if meta is not None and meta["tokenizer"] != path:  # before the file is written: nothing left behind
+        raise ValueError(f"{out_dir}/meta.json: tokenizer {meta['tokenizer']!r}, but writing {path!r} bins")
     if not os.path.exists(path):
         sample, n = [], 0
         for t in texts:

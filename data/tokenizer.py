@@ -146,11 +146,14 @@ def canonical(name):
 
 
 def get_tokenizer(name):
-    return _get_tokenizer(canonical(name))
+    name = canonical(name)
+    # a tokenizer file rewritten at the same path (a directory prepared again) must not be served from the cache
+    stamp = (os.stat(name).st_mtime_ns, os.stat(name).st_size) if os.path.isfile(name) else None
+    return _get_tokenizer(name, stamp)
 
 
 @lru_cache(maxsize=None)
-def _get_tokenizer(name):
+def _get_tokenizer(name, stamp=None):
     if name.endswith("tokenizer.json"):  # a Llama 1/2-family tokenizer (TinyLlama, the paper's base)
         from data.llama_tokenizer import LlamaTokenizer
         return LlamaTokenizer(name)

@@ -136,4 +136,4 @@ def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
     assert json.load(open(os.path.join(d, "m0", "eval", "results.json")))["data"].endswith("eval.jsonl")
     assert os.listdir(os.path.join(d, "data")) == ["stage.json"]  # the corpus is read where it is, never copied
     ck = torch.load(os.path.join(d, "m0", "ckpt.pt"), weights_only=False)
-    assert ck["tokenizer"] == os.path.join(data, "tokenizer.tiktoken") and ck["model_args"]["vocab_size"] == 256 + 200 + 5
+    assert ck["tokenizer"] == os.path.join(data, "tokenizer-200.tiktoken") and ck["model_args"]["vocab_size"] == 256 + 200 + 5

@@ -271,3 +271,16 @@ def test_the_embedded_corpus_meets_the_contract(tmp_path):
     os.remove(tmp_path / "m" / "warm_aug.bin")
     with pytest.raises(FileNotFoundError, match="missing warm_aug.bin .made by: python -m data.prepare warm"):
         check_contract(str(tmp_path / "m"))
+
+
+def test_a_fitted_tokenizer_is_named_by_its_merges_and_a_second_one_is_refused_before_writing(tmp_path):
+    src = corpus(tmp_path, [{"text": TEXT[:400]}, {"text": TEXT[400:900]}])
+    out = str(tmp_path / "o")
+    meta = prepare_corpus([src], out, tokenizer="fit:20", workers=1, val_fraction=0.0)
+    assert meta["tokenizer"] == os.path.join(out, "tokenizer-20.tiktoken") and meta["vocab_size"] <= 256 + 20 + 5
+    before = snapshot(out)
+    with pytest.raises(ValueError, match=r"meta.json: tokenizer .*tokenizer-20.tiktoken.*tokenizer-30.tiktoken"):
+        prepare_corpus([src], out, tokenizer="fit:30", workers=1, val_fraction=0.0)
+    assert snapshot(out) == before  # no second tokenizer file, nothing else touched
+    with pytest.raises(ValueError, match="fit:N with N a number of merges"):
+        prepare_corpus([src], str(tmp_path / "p"), tokenizer="fit:many", workers=1)

@@ -104,6 +104,21 @@ def test_a_fitted_tokenizer_file_round_trips_and_bad_files_name_their_line(tmp_p
         get_tokenizer(bad)
     with pytest.raises(FileNotFoundError, match="moved or deleted"):
         get_tokenizer(str(tmp_path / "gone.tiktoken"))
+    # the same path written again with other merges (a directory prepared again): the new file is read
+    save_bpe(path, fit_bpe(texts, 5, DIGITS_PAT))
+    assert get_tokenizer(path).n_vocab == 256 + 5 + 5
+
+
+def test_a_thought_fills_the_block_as_far_as_it_can():
+    tok = get_tokenizer("byte")
+    seq, start = latent.joint_sequence(tok, "p" * 50, "x" * 30, "z" * 34, block_size=40)
+    assert len(seq) == 40 and start == 1 and tok.decode(seq[start:]).count("z") == 34  # P and X gave way
+    seq, start = latent.joint_sequence(tok, "p" * 50, "x" * 30, "z" * 20, block_size=40)
+    assert len(seq) == 40 and tok.decode(seq).endswith("x" * 16)  # P first, then X's tail
+    seq, start = latent.joint_sequence(tok, "p" * 50, "x" * 10, "z" * 20, block_size=40)
+    assert len(seq) == 40 and tok.decode(seq).endswith("x" * 10) and tok.decode(seq[:start]).endswith("p" * 3)
+    with pytest.raises(ValueError, match="a thought of 38 tokens leaves no room"):
+        latent.joint_sequence(tok, "", "x", "z" * 38, block_size=40)
 
 
 def llama_style_tokenizer_json(path, vocab_size=400, metaspace=False):
@@ -147,6 +162,9 @@ def test_llama_style_tokenizer_json_encodes_as_the_tokenizers_package(tmp_path, 
             assert tok.decode(want) == ref.decode(want, skip_special_tokens=False) == t, t
     assert tok.decode([tok.sol, tok.eol]) == "<|START_OF_LATENT|><|END_OF_LATENT|>"
     assert tok.eol not in tok.encode("<|END_OF_LATENT|>") and ref.token_to_id("<0xE2>") in tok.encode("☕")
+    cut = [ref.token_to_id("<0xE2>"), ref.token_to_id("<0x98>"), ref.token_to_id("a")]  # invalid UTF-8, then text
+    assert tok.decode(cut) == ref.decode(cut, skip_special_tokens=False) == "\ufffd\ufffda"
+    assert tok.bos == ref.token_to_id("<s>")
 
 
 def test_a_tokenizer_json_of_another_kind_is_refused(tmp_path):
