@@ -23,6 +23,9 @@ A prepared directory (the contract between whatever makes a corpus and em.py, wh
     eval.jsonl  exemplars.jsonl  valid.jsonl
                        MATH- or GSM8K-shaped problems (eval_math.py: load_rows): the test set, its few-shot
                        exemplars, a held-out set for choosing models; em.py can be given any eval jsonl instead
+    tokenizer-N.tiktoken
+                       a tokenizer fitted to this corpus (data/prepare.py --tokenizer=fit:N); meta.json names it by
+                       its absolute path, as it names a Llama model's tokenizer.json
 
 Three commands write it: data/mathworld.py (the embedded corpus), data/prepare.py corpus + warm (your own text
 and teacher, data/teacher.py) and data/prepare.py gsm8k. check_contract says what a directory holds.
