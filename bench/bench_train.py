@@ -37,7 +37,8 @@ ctx = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
 torch.set_float32_matmul_precision("high")  # TF32, as train.py
 VOCAB = {"byte": 261, "mathworld": 421, "gpt2": 50261}  # tokenizer sizes (the gpt2 BPE files are not needed for random tokens)
 
-PRESETS = {"gpt2-124M": ("config/train_gpt2_124m.py", {}), "default (mathworld)": ("config/train_mathworld.py", {"tokenizer": "mathworld"})}
+PRESETS = {"gpt2-124M": ("config/train_gpt2_124m.py", {}),
+           "default (mathworld)": ("config/train_mathworld.py", {"tokenizer": "mathworld"})}
 if args.quick:
     PRESETS = {"tiny (cpu smoke)": ("config/train_cpu_smoke.py", {"grad_accum": 2})}
     args.warmup, args.steps = 2, 5

@@ -96,7 +96,8 @@ def joint_sequence(tok, prefix, x, z, max_tokens=None, block_size=None):
         p, xs = fit_context(tok, prefix, x, max_tokens)
     else:  # the thought re-encodes longer than it was sampled: P and X give way so that the whole fits the block
         if block_size - 1 - fixed < 0:
-            raise ValueError(f"a thought of {len(z_ids)} tokens leaves no room for its chunk in block_size {block_size}")
+            raise ValueError(f"a thought of {len(z_ids)} tokens leaves no room for its chunk in block_size "
+                             f"{block_size}")
         p, xs = fit_context(tok, prefix, x, max(room, 0))
         if not p:  # no prefix part after all: its two control tokens are room for the chunk
             xs = fit_context(tok, "", x, block_size - 1 - fixed if max_tokens is None else
@@ -117,7 +118,8 @@ def thought_stop_token(tok):
 #                "Problem:\n{problem}\n<SOL><PRIOR>"; generation stops at "Problem:" or a new <SOL>.
 
 def latent_exemplar(tok, problem, thought, answer):
-    return tok.encode(f"Problem:\n{problem}\n") + prior_order(tok, tok.encode(thought), tok.encode(f"Final Answer: {answer}\n\n"))
+    answer_ids = tok.encode(f"Final Answer: {answer}\n\n")
+    return tok.encode(f"Problem:\n{problem}\n") + prior_order(tok, tok.encode(thought), answer_ids)
 
 
 def latent_eval_prompt(tok, exemplars, problem):
