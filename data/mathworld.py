@@ -170,11 +170,13 @@ def document(problems, thought="thought"):
 
 
 def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families=None, teacher_error_rate=0.0,
-             n_eval=500, n_exemplars=8, n_valid=0, exclude=()):
+             n_eval=500, n_exemplars=8, n_valid=0, exclude=(), warm_docs=0, warm_max_level=0):
     """
     Deterministic from seed. Returns (docs, eval_problems, exemplars), and the validation problems too when
     n_valid > 0. A doc is a list of chunks {"text", "thought"} where thought is what the (possibly noisy) teacher
     writes, plus "gold" (the noise-free thought). Held-out problems never appear in any document.
+    warm_max_level > 0 caps the level of the first warm_docs documents (the warm-start split): a difficulty
+    ladder, where the teacher only shows short derivations and the longer ones are left for EM to infer.
     """
     families = list(families or DEFAULT_FAMILIES)
     rng = np.random.default_rng(seed)
@@ -184,12 +186,12 @@ def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families
         if p["problem"] not in seen:
             seen.add(p["problem"]); held.append(p)
     docs = []
-    for _ in range(n_docs):
-        problems = []
+    for d in range(n_docs):
+        problems, level = [], min(max_level, warm_max_level) if warm_max_level and d < warm_docs else max_level
         for _ in range(int(rng.integers(problems_per_doc[0], problems_per_doc[1] + 1))):
-            p = problem(rng, families, max_level, teacher_error_rate)
+            p = problem(rng, families, level, teacher_error_rate)
             while p["problem"] in seen:  # keep held-out problems out of training text
-                p = problem(rng, families, max_level, teacher_error_rate)
+                p = problem(rng, families, level, teacher_error_rate)
             problems.append(p)
         docs.append(document(problems))
     evals, exemplars = held[n_exemplars:n_exemplars + n_eval], held[:n_exemplars]
@@ -262,8 +264,10 @@ def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tok
         check_settings(f"{out_dir}/meta.json", meta.get("mathworld", {}), settings)
         return meta  # complete, with these settings
     tok = get_tokenizer(tokenizer)
-    docs, held, exemplars, valid = generate(seed, n_docs + n_val_docs, n_valid=n_valid, **knobs)
     n_warm = int(round(warm_fraction * n_docs))
+    if knobs.get("warm_max_level"):
+        knobs = {**knobs, "warm_docs": n_warm}
+    docs, held, exemplars, valid = generate(seed, n_docs + n_val_docs, n_valid=n_valid, **knobs)
     splits = {"warm": docs[:n_warm], "boot": docs[n_warm:n_docs], "val": docs[n_docs:]}
     part = os.path.join(out_dir, ".partial")
     shutil.rmtree(part, ignore_errors=True)  # what a killed preparation left
