@@ -49,6 +49,7 @@ problems_per_doc = (3, 5) # problems per document (min, max)
 families = ("chain", "total", "word")  # problem families (data/mathworld.py: FAMILIES)
 max_level = 2             # problems have 2 to max_level + 1 steps
 warm_max_level = 0        # > 0: the warm-start split's problems have at most warm_max_level + 1 steps (a ladder)
+warm_long_share = 0.0     # with warm_max_level: this share of warm-start problems is drawn from every level
 n_eval = 500              # held-out problems in eval.jsonl and in valid.jsonl (each)
 warm_fraction = 0.2       # the share with teacher thoughts (method.md: warm start)
 teacher_error_rate = 0.0  # the fraction of teacher thoughts with a wrong step
@@ -105,7 +106,7 @@ def stage_config(cfg, name):
     """The settings a stage's result depends on. A rerun that asks for other ones is stopped, not served the old
     result (--K=1 on a finished K=4 run_dir would otherwise print the K=4 table)."""
     keys = ["data_dir", "data_seed", "n_docs", "problems_per_doc", "families", "max_level", "warm_fraction", "teacher_error_rate",
-            "tokenizer", "warm_max_level", "n_eval"]
+            "tokenizer", "warm_max_level", "warm_long_share", "n_eval"]
     if name != "data":
         keys += ["seed", "train_config", "train_overrides"]
     if name != "data":
@@ -246,7 +247,8 @@ class Run:
                 prepare(d, seed=cfg["data_seed"], n_docs=cfg["n_docs"], warm_fraction=cfg["warm_fraction"],
                         teacher_error_rate=cfg["teacher_error_rate"], tokenizer=cfg["tokenizer"],
                         problems_per_doc=tuple(cfg["problems_per_doc"]), families=tuple(cfg["families"]),
-                        max_level=cfg["max_level"], warm_max_level=cfg["warm_max_level"], n_eval=cfg["n_eval"],
+                        max_level=cfg["max_level"], warm_max_level=cfg["warm_max_level"],
+                        warm_long_share=cfg["warm_long_share"], n_eval=cfg["n_eval"],
                         n_valid=cfg["n_eval"])
             barrier()
             return {name: n_tokens(self.path(name + ".bin"))

@@ -176,6 +176,13 @@ def run_shard(model, tok, part, s, cfg, meter, cuda, bar):
     return rows
 
 
+def problems_of(docs):
+    """{chunk id: the problem its thought derives}: the text after the last "Problem:" of the chunk before it (the
+    layout of mathworld and of data/prepare.py gsm8k: a problem's statement and its answer in adjacent chunks)."""
+    return {x["id"]: doc[i - 1]["text"].rsplit("Problem:", 1)[-1] for doc in docs for i, x in enumerate(doc)
+            if i and "Problem:" in doc[i - 1]["text"]}
+
+
 def print_chunk(row, P, X):
     """--show: one chunk, its K thoughts and their weights, for people learning the method."""
     w = torch.softmax(eligible_log_w([s["logw"] for s in row["samples"]], [s["truncated"] for s in row["samples"]]), 0)
@@ -250,7 +257,7 @@ def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=Non
     summary = None
     if c.rank == 0:
         rows = merge(tok, out_dir, chunks, shards, shard_path, cfg)
-        summary = summarize(rows, cfg, golds, result_fn)
+        summary = summarize(rows, cfg, golds, result_fn, problems_of(docs))
         n_chunks, n_tokens = int(stats[0]), int(stats[1])
         dec, sco = (float(x) / c.world for x in stats[2:])
         wall = time.time() - t0
@@ -285,9 +292,11 @@ def merge(tok, out_dir, chunks, shards, shard_path, cfg):
     return rows
 
 
-def summarize(rows, cfg, golds=None, result_fn=None):
+def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
     """The E-step's figures (method.md E-step 4): mean ELBO (per chunk and per raw token), effective sample size,
-    truncation, thought length; with gold thoughts, how often the chosen (and a random) thought has the gold result."""
+    truncation, thought length; with gold thoughts, how often the chosen (and a random) thought has the gold result,
+    and with problems ({chunk id: the problem its thought derives}) how often every step of it is true arithmetic
+    on the problem's numbers (valid_chosen / valid_random)."""
     elbo, ess = zip(*(chunk_stats(r["samples"]) for r in rows)) if rows else ((), ())
     samples = [x for r in rows for x in r["samples"]]
     mean = lambda xs: sum(xs) / max(1, len(xs))
@@ -307,6 +316,15 @@ def summarize(rows, cfg, golds=None, result_fn=None):
                        # a thought picked uniformly among the K: the expected agreement, exactly
                        agree_random=mean([mean([result_fn(x["text"]) == g for x in r["samples"]]) for r, g in pairs])
                        if pairs else None)
+    if golds is not None and problems is not None:
+        from data.mathworld import steps_valid  # imported here: only the gold diagnostic needs it
+        # only chunks whose gold thought passes the check itself (a corpus with another thought format has none)
+        checked = [r for r in rows if r["id"] in golds and steps_valid(golds[r["id"]], problems.get(r["id"], ""))]
+        summary.update(valid_chunks=len(checked),
+                       valid_chosen=mean([steps_valid(r["thought"], problems[r["id"]]) for r in checked])
+                       if checked else None,
+                       valid_random=mean([mean([steps_valid(x["text"], problems[r["id"]]) for x in r["samples"]])
+                                          for r in checked]) if checked else None)
     return summary
 
 

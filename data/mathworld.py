@@ -140,6 +140,32 @@ def thought_result(text):
     return r or None
 
 
+STEP = re.compile(r"^\s*(-?\d+)\s*(\+|-|\*|/|mod)\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+WORD_NUMBERS = {"double": 2, "triple": 3}
+
+
+def steps_valid(text, problem):
+    """True when the thought is a derivation whose every step is true arithmetic on numbers of the problem text
+    (or on results of its earlier steps) and whose '=> R' is its last step's value. A thought can state the gold
+    result (the posterior sees it in X) over wrong steps; this tells the two apart."""
+    if "=>" not in text:
+        return False
+    body, result = text.rsplit("=>", 1)
+    known = {int(v) for v in re.findall(r"\d+", problem)}
+    known |= {v for w, v in WORD_NUMBERS.items() if w in problem}
+    value = None
+    for step in body.split(";"):
+        m = STEP.match(step)
+        if not m:
+            return False
+        a, op, b, v = int(m[1]), m[2], int(m[3]), int(m[4])
+        if a not in known or b not in known or (b == 0 and op in ("/", "mod")) or OPS[op](a, b) != v:
+            return False
+        known.add(v)
+        value = v
+    return result.strip() == str(value)
+
+
 def problem(rng, families, max_level, error_rate=0.0):
     name = families[rng.integers(len(families))]
     level = int(rng.integers(1, max_level + 1))
@@ -170,13 +196,14 @@ def document(problems, thought="thought"):
 
 
 def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families=None, teacher_error_rate=0.0,
-             n_eval=500, n_exemplars=8, n_valid=0, exclude=(), warm_docs=0, warm_max_level=0):
+             n_eval=500, n_exemplars=8, n_valid=0, exclude=(), warm_docs=0, warm_max_level=0, warm_long_share=0.0):
     """
     Deterministic from seed. Returns (docs, eval_problems, exemplars), and the validation problems too when
     n_valid > 0. A doc is a list of chunks {"text", "thought"} where thought is what the (possibly noisy) teacher
     writes, plus "gold" (the noise-free thought). Held-out problems never appear in any document.
     warm_max_level > 0 caps the level of the first warm_docs documents (the warm-start split): a difficulty
-    ladder, where the teacher only shows short derivations and the longer ones are left for EM to infer.
+    ladder, where the teacher only shows short derivations and the longer ones are left for EM to infer;
+    warm_long_share of the warm problems still come from every level (a few long teacher thoughts).
     """
     families = list(families or DEFAULT_FAMILIES)
     rng = np.random.default_rng(seed)
@@ -189,9 +216,10 @@ def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families
     for d in range(n_docs):
         problems, level = [], min(max_level, warm_max_level) if warm_max_level and d < warm_docs else max_level
         for _ in range(int(rng.integers(problems_per_doc[0], problems_per_doc[1] + 1))):
-            p = problem(rng, families, level, teacher_error_rate)
+            top = max_level if level < max_level and warm_long_share and rng.random() < warm_long_share else level
+            p = problem(rng, families, top, teacher_error_rate)
             while p["problem"] in seen:  # keep held-out problems out of training text
-                p = problem(rng, families, level, teacher_error_rate)
+                p = problem(rng, families, top, teacher_error_rate)
             problems.append(p)
         docs.append(document(problems))
     evals, exemplars = held[n_exemplars:n_exemplars + n_eval], held[:n_exemplars]
