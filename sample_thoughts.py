@@ -320,11 +320,17 @@ def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
         from data.mathworld import steps_valid  # imported here: only the gold diagnostic needs it
         # only chunks whose gold thought passes the check itself (a corpus with another thought format has none)
         checked = [r for r in rows if r["id"] in golds and steps_valid(golds[r["id"]], problems.get(r["id"], ""))]
+        # sound: valid steps AND the gold result (a thought can copy the result from X over wrong steps, or do
+        # true arithmetic on the problem's numbers that is not the problem's derivation)
+        sound = lambda z, r: steps_valid(z, problems[r["id"]]) and result_fn(z) == result_fn(golds[r["id"]])
         summary.update(valid_chunks=len(checked),
                        valid_chosen=mean([steps_valid(r["thought"], problems[r["id"]]) for r in checked])
                        if checked else None,
                        valid_random=mean([mean([steps_valid(x["text"], problems[r["id"]]) for x in r["samples"]])
-                                          for r in checked]) if checked else None)
+                                          for r in checked]) if checked else None,
+                       sound_chosen=mean([sound(r["thought"], r) for r in checked]) if checked else None,
+                       sound_random=mean([mean([sound(x["text"], r) for x in r["samples"]]) for r in checked])
+                       if checked else None)
     return summary
 
 
