@@ -14,6 +14,15 @@ document's chunks gives it back exactly; no spaces are added around the special 
 """
 import numpy as np
 
+# the special tokens, here and nowhere else: every tokenizer (data/tokenizer.py, data/llama_tokenizer.py) gives
+# them ids, and only the functions below put them into a sequence
+EOT = "<|endoftext|>"  # the document separator (a Llama tokenizer uses its own </s> for it)
+SOL = "<|START_OF_LATENT|>"
+EOL = "<|END_OF_LATENT|>"
+PRIOR = "<|PRIOR_PREFIX|>"
+POSTERIOR = "<|POSTERIOR_PREFIX|>"
+SPECIALS = [EOT, SOL, EOL, PRIOR, POSTERIOR]
+
 
 def open_prior(tok):
     # <SOL><PRIOR>: a thought in the prior order starts here (the evaluation prompt ends with it)

@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from tqdm import tqdm
 
 from data.files import chunk_prefix, read_chunks, read_jsonl, write_jsonl
-from data.tokenizer import SPECIALS
+from data.latent import SPECIALS
 
 SYSTEM = ("You restore the thinking that a text leaves out. Its author knew background facts and worked through "
           "steps that the text never writes down; a reader has to supply them to follow it. You are shown the "
