@@ -189,8 +189,8 @@ def configure(argv):
     """The settings: defaults <- config files (on a GPU, config/em_gpu.py unless one is given or gpu_preset is
     False) <- the command line. The preset is decided from the parsed settings, never from argv's spelling."""
     gpu = torch.cuda.is_available()
+    cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}  # --help prints and exits here
     files = config_files(argv, DEFAULTS)
-    cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
     if gpu and not files and cfg["gpu_preset"]:
         argv = [GPU_PRESET] + argv
         cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}

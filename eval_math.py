@@ -1,5 +1,5 @@
 """
-Few-shot evaluation on MATH / GSM8K-shaped jsonl (method.md, Evaluation); the answer grader lives in grader.py.
+Few-shot evaluation on MATH / GSM8K-shaped jsonl (docs/method.md, Evaluation); the answer grader lives in grader.py.
 
     python eval_math.py --ckpt=runs/x/m0/ckpt.pt --data=runs/x/data/eval.jsonl --exemplars=runs/x/data/exemplars.jsonl
     torchrun --nproc_per_node=8 eval_math.py --ckpt=... --data=../shared/data/gsm8k/test.jsonl --n_shot=8
@@ -119,7 +119,7 @@ def evaluate(ckpt, data, exemplars="", **settings):
 
 
 def few_shot_prompts(tok, style, rows, mine, shots, T, max_new_tokens):
-    """The prompt of each problem (method.md, Evaluation): exemplars, then the problem. A prompt must leave room
+    """The prompt of each problem (docs/method.md, Evaluation): exemplars, then the problem. A prompt must leave room
     for an answer: exemplars are dropped from the front until it does. Returns (prompts by index, how many lost some)."""
     def prompt_for(problem, shots):
         if style == "raw":

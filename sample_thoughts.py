@@ -1,5 +1,5 @@
 """
-E-step (method.md): infer a latent thought Z for every chunk X of a chunk file with the current model.
+E-step (docs/method.md, E-step): infer a latent thought Z for every chunk X of a chunk file with the current model.
 
     python sample_thoughts.py --ckpt=runs/default/m0/ckpt.pt --chunks=runs/default/data/boot.chunks.jsonl \
         --out_dir=runs/default/iter1/estep
@@ -49,10 +49,10 @@ from data.tokenizer import get_tokenizer
 ckpt = ""                 # the current model (M_{t-1})
 chunks = ""               # chunk file (data/files.py format)
 out_dir = "out/estep"
-K = 4                     # thoughts sampled per chunk (method.md: 4)
+K = 4                     # thoughts sampled per chunk (docs/method.md, E-step 1: 4)
 max_thought_tokens = 160  # paper: 1024
 selection = "importance"  # importance | uniform | argmax
-n_prefix = 3              # prefix chunks (method.md: 3 when bootstrapping)
+n_prefix = 3              # prefix chunks (docs/method.md, The official code's settings: 3 when bootstrapping)
 seed = 0
 batch_size = 64           # chunks per generate call, each with K rows
 gold = None               # optional thoughts jsonl of gold thoughts: measure agreement of the chosen ones
@@ -76,7 +76,7 @@ def eligible_log_w(log_w, truncated):
 
 
 def select(log_w, truncated, selection, generator):
-    """Index of the one thought kept among K (method.md E-step 3)."""
+    """Index of the one thought kept among K (docs/method.md, E-step 3)."""
     lw = eligible_log_w(log_w, truncated)
     if selection == "importance":
         # normalise over the K samples (softmax of log w) and resample one: not argmax
@@ -90,7 +90,7 @@ def select(log_w, truncated, selection, generator):
 
 
 def chunk_stats(samples):
-    """(ELBO estimate, effective sample size) of one chunk's K samples (method.md E-step 4)."""
+    """(ELBO estimate, effective sample size) of one chunk's K samples (docs/method.md, E-step 4)."""
     lw = eligible_log_w([s["logw"] for s in samples], [s["truncated"] for s in samples])
     elbo = float(torch.logsumexp(lw, 0)) - math.log(len(samples))  # logsumexp(log w) - log K ~<= log p(X | P)
     w = torch.softmax(lw, 0)
@@ -292,7 +292,7 @@ def merge(tok, out_dir, chunks, shards, shard_path, cfg):
 
 
 def summarize(rows, cfg, golds=None, result_fn=None):
-    """The E-step's figures (method.md E-step 4): mean ELBO (per chunk and per raw token), effective sample size,
+    """The E-step's figures (docs/method.md, E-step 4): mean ELBO (per chunk and per raw token), effective sample size,
     truncation, thought length; with gold thoughts, how often the chosen (and a random) thought has the gold result."""
     elbo, ess = zip(*(chunk_stats(r["samples"]) for r in rows)) if rows else ((), ())
     samples = [x for r in rows for x in r["samples"]]

@@ -1,5 +1,5 @@
 """
-The M-step (method.md): train a language model on token bins, nanoGPT-style.
+The M-step (docs/method.md, M-step): train a language model on token bins, nanoGPT-style.
 
     python train.py config/train_mathworld.py --train_bins="['runs/x/data/warm_aug.bin']" --max_tokens=20000000
     torchrun --nproc_per_node=8 train.py config/train_gpt2_124m.py ...

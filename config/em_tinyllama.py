@@ -1,4 +1,4 @@
-# The paper's setting on one GPU (method.md): TinyLlama-1.1B (config/train_tinyllama.py) continued pretraining on
+# The paper's setting on one GPU (docs/method.md, The official code's settings): TinyLlama-1.1B (config/train_tinyllama.py) continued pretraining on
 # your corpus, prepared with TinyLlama's own tokenizer and given warm-start thoughts by a teacher (README, "Real
 # corpora and your own teacher"):
 #     python -m data.prepare corpus my_math/*.jsonl.gz --out_dir=runs/tinyllama/data \

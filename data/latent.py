@@ -1,5 +1,5 @@
 """
-The latent format of method.md, defined once. Every stage formats thoughts by calling these functions.
+The latent format (docs/method.md, The latent format), defined once. Every stage formats thoughts by calling these functions.
 
 A document is split into chunks X_1..X_n; each chunk carries a thought Z_i, written in one of two orders
 chosen by a fair coin per chunk (the paper's "random" latent type):
@@ -65,7 +65,7 @@ def raw_document(tok, text):
 
 def fit_context(tok, prefix, x, max_tokens):
     """
-    Token ids of (prefix, chunk) with len(prefix) + len(chunk) <= max_tokens. method.md: if prompt + thought
+    Token ids of (prefix, chunk) with len(prefix) + len(chunk) <= max_tokens. docs/method.md, E-step 1: if prompt + thought
     would exceed the context, the prefix is truncated first (its oldest tokens go), then the chunk (its tail
     goes). The posterior prompt and the joint sequence both call this, so they see the same P and X.
     """
@@ -120,7 +120,7 @@ def thought_stop_token(tok):
     return tok.eol
 
 
-# ----- evaluation prompts (method.md, Evaluation) -----
+# ----- evaluation prompts (docs/method.md, Evaluation) -----
 # Both start with <|endoftext|>, the start-of-document context every training document has.
 # raw models:    "Problem:\n{problem}\n{solution}\n\n" exemplars, then "Problem:\n{problem}\n"
 # latent models: "Problem:\n{problem}\n<SOL><PRIOR>{thought}<EOL>Final Answer: {answer}\n\n" exemplars, then

@@ -12,7 +12,7 @@ Every document is a few such problems, chunked so that a problem and its result 
     chunk i:    "Final Answer: {a_i}\n\nProblem:\n{p_i+1}\n"
     last chunk: "Final Answer: {a_n}\n\n"
 
-method.md (Evaluation) explains why: the prior-order thought of chunk i then sits right after problem i and
+docs/method.md, Evaluation explains why: the prior-order thought of chunk i then sits right after problem i and
 before its answer, exactly where the latent evaluation prompt "Problem:\n{p}\n<SOL><PRIOR>" opens one.
 
 For each chunk the generator also writes the gold latent thought, the skipped steps in one explicit style:
@@ -230,7 +230,7 @@ def background(seed, n_docs, families=None, max_level=3, exclude=()):
         Problem:
         Solve 3x+2=11.
         Solution: 11-2=9; 9/3=3 => 3
-    It stands for what a pretrained LM knows before the paper's continued pretraining (method.md: every run
+    It stands for what a pretrained LM knows before the paper's continued pretraining (docs/method.md, The official code's settings: every run
     restarts from a pretrained base): arithmetic, and that a worked solution copies numbers out of its problem.
     Which steps the corpus's own problems need ("double", "buys 3 bags of 4") it has never seen: that is what
     the corpus's thoughts teach.

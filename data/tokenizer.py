@@ -1,6 +1,6 @@
 """
-Tokenizers, built with tiktoken, that know the four latent special tokens (data/latent.py; docs/method.md,
-The latent format).
+Tokenizers, built with tiktoken, that know the four latent special tokens of data/latent.py
+(docs/method.md, The latent format).
 
     byte : the 256 byte values + special tokens. Nothing to download; the default for the embedded corpus.
     mathworld : BPE merges learned on the embedded corpus's own text on top of the 256 bytes, digits kept apart
