@@ -145,7 +145,8 @@ def generate_answers(model, tok, style, prompts, cfg, compute):
     stops = [tok.eot] + ([tok.sol] if style == "latent" else [])  # a new latent = a new chunk
     order = sorted(prompts, key=lambda i: len(prompts[i]))  # similar lengths per batch: little padding
     T, B = model.config.block_size, cfg["batch_size"]
-    bar = tqdm(total=len(order), unit="problem", desc="evaluation", disable=compute.rank != 0 or not sys.stderr.isatty())
+    bar = tqdm(total=len(order), unit="problem", desc="evaluation",
+               disable=compute.rank != 0 or not sys.stderr.isatty())
     for b in range(0, len(order), B):
         idx = order[b:b + B]
         batch = [prompts[i] for i in idx]

@@ -217,80 +217,84 @@ def export_hf(model, tok_name, out_dir):
     the special token by default (split_special_tokens=True gives this project's behaviour).
     With tok_name None (weights loaded for a foreign tokenizer) no tokenizer files are written.
     """
-    c = model.config
+    config = model.config
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    gpt2 = dict(rope_theta=0.0, norm="layernorm", mlp="gelu", n_kv_head=c.n_head, tie_embeddings=True)
+    gpt2 = dict(rope_theta=0.0, norm="layernorm", mlp="gelu", n_kv_head=config.n_head, tie_embeddings=True)
     llama = dict(norm="rmsnorm", mlp="swiglu", bias=False)
     tok = None
     if tok_name is not None:
         tok = get_tokenizer(tok_name)
     eot = tok.eot if tok is not None else None
     bos = getattr(tok, "bos", eot)  # Llama tokenizers put <s> first; the others start a text with nothing
-    if all(getattr(c, k) == v for k, v in gpt2.items()):
-        hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
-              "n_positions": c.block_size, "n_ctx": c.block_size, "n_embd": c.n_embd, "n_layer": c.n_layer,
-              "n_head": c.n_head, "n_inner": c.n_inner, "activation_function": "gelu_new",
-              "layer_norm_epsilon": c.norm_eps, "tie_word_embeddings": True, "resid_pdrop": c.dropout,
-              "embd_pdrop": c.dropout, "attn_pdrop": c.dropout, "bos_token_id": eot, "eos_token_id": eot}
+    if all(getattr(config, k) == v for k, v in gpt2.items()):
+        hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+              "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
+              "n_layer": config.n_layer,
+              "n_head": config.n_head, "n_inner": config.n_inner, "activation_function": "gelu_new",
+              "layer_norm_epsilon": config.norm_eps, "tie_word_embeddings": True, "resid_pdrop": config.dropout,
+              "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "bos_token_id": eot, "eos_token_id": eot}
         out = {}
         for k, v in sd.items():
             if k == "lm_head.weight":
                 continue  # tied to wte
             if k == "transformer.wte.weight":
-                v = v[:c.vocab_size]
+                v = v[:config.vocab_size]
             out[k] = v.t() if k.endswith(GPT2_CONV1D) else v
-            if not c.bias and k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "c_attn.weight",
+            if not config.bias and k.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "c_attn.weight",
                                            "c_proj.weight", "c_fc.weight")):
                 out[k.removesuffix("weight") + "bias"] = torch.zeros(v.size(0))  # GPT-2 has biases: zeros are none
-    elif c.rope_theta > 0 and all(getattr(c, k) == v for k, v in llama.items()):
-        hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c.vocab_size,
-              "hidden_size": c.n_embd, "intermediate_size": c.n_inner, "num_hidden_layers": c.n_layer,
-              "num_attention_heads": c.n_head, "num_key_value_heads": c.n_kv_head, "head_dim": c.n_embd // c.n_head,
-              "hidden_act": "silu", "max_position_embeddings": c.block_size, "rms_norm_eps": c.norm_eps,
-              "tie_word_embeddings": c.tie_embeddings, "attention_bias": False, "mlp_bias": False,
-              "attention_dropout": c.dropout, "bos_token_id": bos, "eos_token_id": eot,
+    elif config.rope_theta > 0 and all(getattr(config, k) == v for k, v in llama.items()):
+        hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+              "hidden_size": config.n_embd, "intermediate_size": config.n_inner, "num_hidden_layers": config.n_layer,
+              "num_attention_heads": config.n_head, "num_key_value_heads": config.n_kv_head,
+              "head_dim": config.n_embd // config.n_head,
+              "hidden_act": "silu", "max_position_embeddings": config.block_size, "rms_norm_eps": config.norm_eps,
+              "tie_word_embeddings": config.tie_embeddings, "attention_bias": False, "mlp_bias": False,
+              "attention_dropout": config.dropout, "bos_token_id": bos, "eos_token_id": eot,
               # older transformers read rope_theta and rope_scaling, newer ones rope_parameters
-              "rope_theta": c.rope_theta, "rope_scaling": None,
-              "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta}}
+              "rope_theta": config.rope_theta, "rope_scaling": None,
+              "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta}}
         out = {}
-        for k, parts in _llama_names(c):
-            if k == "lm_head.weight" and c.tie_embeddings:
+        for k, parts in _llama_names(config):
+            if k == "lm_head.weight" and config.tie_embeddings:
                 continue
-            v = sd[k][:c.vocab_size] if k in ("transformer.wte.weight", "lm_head.weight") else sd[k]
+            v = sd[k][:config.vocab_size] if k in ("transformer.wte.weight", "lm_head.weight") else sd[k]
             pieces = v.split([rows for _, rows in parts]) if len(parts) > 1 else [v]
             out.update({name: piece for (name, _), piece in zip(parts, pieces)})
-    elif c.rope_theta > 0 and c.norm == "layernorm" and c.mlp == "gelu" and c.n_kv_head == c.n_head:
+    elif (config.rope_theta > 0 and config.norm == "layernorm" and config.mlp == "gelu"
+          and config.n_kv_head == config.n_head):
         # rotary positions in a GPT-2 block (em.py's default model): GPT-NeoX with a sequential residual
-        hf = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": c.vocab_size,
-              "hidden_size": c.n_embd, "intermediate_size": c.n_inner, "num_hidden_layers": c.n_layer,
-              "num_attention_heads": c.n_head, "hidden_act": "gelu_pytorch_tanh", "use_parallel_residual": False,
-              "max_position_embeddings": c.block_size, "layer_norm_eps": c.norm_eps, "attention_bias": True,
-              "tie_word_embeddings": c.tie_embeddings, "attention_dropout": c.dropout, "hidden_dropout": c.dropout,
-              "bos_token_id": eot, "eos_token_id": eot, "rotary_pct": 1.0, "rotary_emb_base": c.rope_theta,
-              "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta,
+        hf = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": config.vocab_size,
+              "hidden_size": config.n_embd, "intermediate_size": config.n_inner, "num_hidden_layers": config.n_layer,
+              "num_attention_heads": config.n_head, "hidden_act": "gelu_pytorch_tanh", "use_parallel_residual": False,
+              "max_position_embeddings": config.block_size, "layer_norm_eps": config.norm_eps, "attention_bias": True,
+              "tie_word_embeddings": config.tie_embeddings, "attention_dropout": config.dropout,
+              "hidden_dropout": config.dropout,
+              "bos_token_id": eot, "eos_token_id": eot, "rotary_pct": 1.0, "rotary_emb_base": config.rope_theta,
+              "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": config.rope_theta,
                                                         "partial_rotary_factor": 1.0}}
-        out = _neox_weights(c, sd)
+        out = _neox_weights(config, sd)
     else:
         raise ValueError(f"export_hf: this GPTConfig mixes switches that no one Hugging Face architecture (GPT-2, "
-                         f"GPT-NeoX, Llama) implements together: {c}")
+                         f"GPT-NeoX, Llama) implements together: {config}")
     os.makedirs(out_dir, exist_ok=True)
     _write_json(os.path.join(out_dir, "config.json"), hf)
     _write_safetensors(os.path.join(out_dir, "model.safetensors"), out)
     if tok is not None:
-        _write_tokenizer(tok, c.block_size, out_dir)
+        _write_tokenizer(tok, config.block_size, out_dir)
 
 
-def _neox_weights(c, sd):
+def _neox_weights(config, sd):
     """Our state dict under GPT-NeoX's names. Its fused projection holds each head's q, k, v side by side (ours:
     all q heads, then all k, then all v); its MLP and norms always have biases (zeros where ours has none)."""
-    H, hs, C = c.n_head, c.n_embd // c.n_head, c.n_embd
+    H, hs, C = config.n_head, config.n_embd // config.n_head, config.n_embd
     bias = lambda k, n: sd.get(k, torch.zeros(n))
-    out = {"gpt_neox.embed_in.weight": sd["transformer.wte.weight"][:c.vocab_size],
+    out = {"gpt_neox.embed_in.weight": sd["transformer.wte.weight"][:config.vocab_size],
            "gpt_neox.final_layer_norm.weight": sd["transformer.ln_f.weight"],
            "gpt_neox.final_layer_norm.bias": bias("transformer.ln_f.bias", C)}
-    if not c.tie_embeddings:
-        out["embed_out.weight"] = sd["lm_head.weight"][:c.vocab_size]  # the name in NeoX checkpoints
-    for i in range(c.n_layer):
+    if not config.tie_embeddings:
+        out["embed_out.weight"] = sd["lm_head.weight"][:config.vocab_size]  # the name in NeoX checkpoints
+    for i in range(config.n_layer):
         a, b = f"transformer.h.{i}.", f"gpt_neox.layers.{i}."
         out.update({
             b + "input_layernorm.weight": sd[a + "ln_1.weight"], b + "input_layernorm.bias": bias(a + "ln_1.bias", C),
@@ -303,7 +307,7 @@ def _neox_weights(c, sd):
             b + "attention.dense.weight": sd[a + "attn.c_proj.weight"],
             b + "attention.dense.bias": bias(a + "attn.c_proj.bias", C),
             b + "mlp.dense_h_to_4h.weight": sd[a + "mlp.c_fc.weight"],
-            b + "mlp.dense_h_to_4h.bias": bias(a + "mlp.c_fc.bias", c.n_inner),
+            b + "mlp.dense_h_to_4h.bias": bias(a + "mlp.c_fc.bias", config.n_inner),
             b + "mlp.dense_4h_to_h.weight": sd[a + "mlp.c_proj.weight"],
             b + "mlp.dense_4h_to_h.bias": bias(a + "mlp.c_proj.bias", C)})
     return {k: v.contiguous() for k, v in out.items()}

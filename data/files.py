@@ -256,7 +256,8 @@ def read_chunks(path):
 
 
 def chunk_prefix(doc, i, n_prefix):
-    """docs/method.md, The latent format: the prefix of chunk i is the text of the previous n_prefix chunks (1 warm start, 3 bootstrap)."""
+    """The prefix of chunk i is the text of the previous n_prefix chunks (docs/method.md, The latent format:
+    1 in the warm start, 3 when bootstrapping)."""
     return "".join(c["text"] for c in doc[max(0, i - n_prefix):i])
 
 

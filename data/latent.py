@@ -1,5 +1,6 @@
 """
-The latent format (docs/method.md, The latent format), defined once. Every stage formats thoughts by calling these functions.
+The latent format (docs/method.md, The latent format), defined once. Every stage formats thoughts by calling
+these functions.
 
 A document is split into chunks X_1..X_n; each chunk carries a thought Z_i, written in one of two orders
 chosen by a fair coin per chunk (the paper's "random" latent type):
@@ -65,8 +66,8 @@ def raw_document(tok, text):
 
 def fit_context(tok, prefix, x, max_tokens):
     """
-    Token ids of (prefix, chunk) with len(prefix) + len(chunk) <= max_tokens. docs/method.md, E-step 1: if prompt + thought
-    would exceed the context, the prefix is truncated first (its oldest tokens go), then the chunk (its tail
+    Token ids of (prefix, chunk) with len(prefix) + len(chunk) <= max_tokens (docs/method.md, E-step 1): if
+    prompt + thought would exceed the context, the prefix is truncated first (its oldest tokens go), then the chunk (its tail
     goes). The posterior prompt and the joint sequence both call this, so they see the same P and X.
     """
     p, xs = tok.encode(prefix) if prefix else [], tok.encode(x)

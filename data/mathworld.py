@@ -230,8 +230,8 @@ def background(seed, n_docs, families=None, max_level=3, exclude=()):
         Problem:
         Solve 3x+2=11.
         Solution: 11-2=9; 9/3=3 => 3
-    It stands for what a pretrained LM knows before the paper's continued pretraining (docs/method.md, The official code's settings: every run
-    restarts from a pretrained base): arithmetic, and that a worked solution copies numbers out of its problem.
+    It stands for what a pretrained LM knows before the paper's continued pretraining (every run restarts from a
+    pretrained base: docs/method.md, The official code's settings): arithmetic, and that a worked solution copies numbers out of its problem.
     Which steps the corpus's own problems need ("double", "buys 3 bags of 4") it has never seen: that is what
     the corpus's thoughts teach.
     """
@@ -335,7 +335,8 @@ def main(argv):
     ap.add_argument("--seed", type=int, default=0)
     for key in ("n_docs", "max_level", "warm_max_level", "n_eval", "warm_fraction", "teacher_error_rate"):
         ap.add_argument(f"--{key}", type=type(WORLD[key]), default=WORLD[key])
-    ap.add_argument("--families", default=",".join(WORLD["families"]), help=f"comma-separated, of {', '.join(FAMILIES)}")
+    ap.add_argument("--families", default=",".join(WORLD["families"]), 
+                    help=f"comma-separated, of {', '.join(FAMILIES)}")
     args = ap.parse_args(argv)
     unknown = sorted(set(args.families.split(",")) - set(FAMILIES))
     if unknown:

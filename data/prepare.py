@@ -63,8 +63,8 @@ def split_sentences(text):
 
 
 def chunk_document(text, mean_sentences=8, max_sentences=20, max_chunk_chars=4000):
-    """Chunking (docs/method.md, The latent format): a chunk is Poisson(mean - 1) + 1 sentences (at most max_sentences), drawn with a seed
-    derived from the text, so the same document is always chunked the same way. A chunk longer than
+    """Chunking (docs/method.md, The latent format): a chunk is Poisson(mean - 1) + 1 sentences (at most
+    max_sentences), drawn with a seed derived from the text, so the same document is always chunked the same way. A chunk longer than
     max_chunk_chars is split further at whitespace. The chunks joined give back the text exactly."""
     sents = split_sentences(text)
     rng = np.random.default_rng(zlib.crc32(text.encode("utf-8", "replace")))
