@@ -101,6 +101,30 @@ def parse_args(argv, defaults, source_file=None):
     return {k: v for k, v in cfg.items() if v is not defaults[k]}
 
 
+def command_line(argv, defaults, check=None):
+    """A script's settings from its command line: defaults <- argv, checked, then check(cfg) where the script has
+    more to say (K >= 1). A bad setting prints one line on stderr and exits with status 2: no traceback, which
+    would hide the message under the stack of the configurator."""
+    try:
+        cfg = apply(defaults, parse_args(argv, defaults), "command line")
+        if check is not None:
+            check(cfg)
+        return cfg
+    except (ValueError, TypeError, OSError, SyntaxError) as e:
+        usage_error(e)
+
+
+def config_files(argv, defaults):
+    """The config files named on a command line (a --key's value that ends in .py is not one)."""
+    return [value for key, value, _ in _overrides(argv, defaults) if key is None]
+
+
+def usage_error(message):
+    script = os.path.basename(getattr(sys.modules.get("__main__"), "__file__", None) or sys.argv[0])
+    print(f"{script}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def help_text(defaults, source_file=None):
     """The script's config block as the user sees it: section comments, then `--key=default  # comment`."""
     source_file = source_file or getattr(sys.modules.get("__main__"), "__file__", None)

@@ -1,5 +1,5 @@
 """
-The whole method in one command (method.md): warm start, then EM iterations of E-step and M-step, each
+The whole method in one command (docs/method.md, The idea): warm start, then EM iterations of E-step and M-step, each
 evaluated, plus the raw-data baselines.
 
     python em.py --iters 3                       # the default run on the embedded corpus
@@ -11,13 +11,15 @@ Every stage writes into run_dir and records its result in <stage>/stage.json; a 
 where it stopped. --force=True starts over.
 
     run_dir/data/                 the corpus: chunk files, bins, eval set            (data/mathworld.py)
-    run_dir/base/base.pt          the base initialisation every M-step restarts from
+    run_dir/base/                 the base every training restarts from: init.pt (its initialisation), and
+                                  ckpt.pt (init.pt pretrained on background.bin) when base_epochs > 0
     run_dir/m0/                   warm-start model M_0: ckpt.pt, log.jsonl, eval/     (train.py, eval_math.py)
     run_dir/iter{t}/estep/        thoughts.jsonl, aug.bin, summary.json              (sample_thoughts.py)
     run_dir/iter{t}/mstep/        M_t: ckpt.pt, log.jsonl, eval/
     run_dir/raw_token_match/, raw_flop_match/     the baselines; oracle/: gold thoughts (--oracle=True)
-    run_dir/results.md, results.json, results.png, invocations.jsonl (each command run on this directory)
+    run_dir/results.md, results.json, results.png                                    (report.py)
     run_dir/report.html           the run on one page: table, plots, sampled thoughts   (report.py)
+    run_dir/invocations.jsonl     each command run on this directory
 """
 import json
 import os
@@ -27,13 +29,15 @@ import time
 
 import torch
 
-from configurator import defaults_of, parse_args
-from data.files import atomic_open, build_augmented_bin, check_contract, check_settings, open_bin, read_meta, write_json
+from common import barrier, rank0, setup, teardown
+from configurator import config_files, defaults_of, parse_args, usage_error
+from data import mathworld
+from data.files import build_augmented_bin, check_contract, check_settings, open_bin, read_meta, write_json
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
 from eval_math import evaluate
+from report import write_results
 from sample_thoughts import sample_thoughts
-from model import setup
 from train import make_base, train
 
 # ----------------------------------------------------------------------------- config
@@ -44,27 +48,30 @@ seed = 0
 # the corpus: the embedded math world (data/mathworld.py), or data_dir
 data_dir = ""             # a prepared directory of your own (data/files.py: the contract) instead of the embedded world
 data_seed = 0
-n_docs = 2000             # warm start + bootstrap documents
-problems_per_doc = (3, 5) # problems per document (min, max)
-families = ("chain", "total", "word")  # problem families (data/mathworld.py: FAMILIES)
-max_level = 2             # problems have 2 to max_level + 1 steps
-warm_max_level = 0        # > 0: the warm-start split's problems have at most warm_max_level + 1 steps (a ladder)
-warm_long_share = 0.0     # with warm_max_level: this share of warm-start problems is drawn from every level
-n_eval = 500              # held-out problems in eval.jsonl and in valid.jsonl (each)
-warm_fraction = 0.2       # the share with teacher thoughts (method.md: warm start)
-teacher_error_rate = 0.0  # the fraction of teacher thoughts with a wrong step
+# the world's defaults are data/mathworld.py's WORLD
+n_docs = mathworld.WORLD["n_docs"]  # warm start + bootstrap documents
+problems_per_doc = mathworld.WORLD["problems_per_doc"]  # problems per document (min, max)
+families = mathworld.WORLD["families"]  # problem families (data/mathworld.py: FAMILIES)
+max_level = mathworld.WORLD["max_level"]  # problems have 2 to max_level + 1 steps
+warm_max_level = mathworld.WORLD["warm_max_level"]  # > 0: the warm-start split's problems have at most
+                          # warm_max_level + 1 steps (a ladder)
+warm_long_share = mathworld.WORLD["warm_long_share"]  # with warm_max_level: this share of warm-start problems is
+                          # drawn from every level (a few long teacher thoughts)
+n_eval = mathworld.WORLD["n_eval"]  # held-out problems in eval.jsonl and in valid.jsonl (each)
+warm_fraction = mathworld.WORLD["warm_fraction"]  # the share with teacher thoughts (docs/method.md, Warm start)
+teacher_error_rate = mathworld.WORLD["teacher_error_rate"]  # the fraction of teacher thoughts with a wrong step
 tokenizer = "mathworld"   # mathworld (BPE fitted to the corpus) | byte
-# M-step (train.py): a preset, and the budget every training gets (method.md: the same budget every iteration)
+# M-step (train.py): a preset, and the budget every training gets (docs/method.md, M-step: the same every iteration)
 train_config = "config/train_mathworld.py"
 train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
 base_epochs = 2.0         # pretrain the base on the background text for this many passes (0 = a fresh init)
 mstep_epochs = 3.5        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap)
-m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (method.md: the paper's is small)
+m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (docs/method.md, Warm start)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 # E-step (sample_thoughts.py)
 K = 4
 selection = "importance"  # importance | uniform | argmax
-n_prefix = 1              # prefix chunks given to the posterior (method.md: 3 when bootstrapping; README, Results)
+n_prefix = 1              # prefix chunks given to the posterior (docs/method.md, Where this project differs)
 max_thought_tokens = 48
 estep_batch = 128         # chunks per batch (each with K rows)
 # evaluation (eval_math.py)
@@ -83,23 +90,15 @@ em = True                 # the warm start and the EM iterations (--em=False: on
 threads = 0               # torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy CPU)
 reuse_from = ""           # another run_dir whose corpus, M_0 and baselines this run shares (K / selection ablations)
 stop_after = ""           # stop after the stage of this name (to test resuming)
-gpu_preset = True         # on a GPU, apply config/em_gpu.py first (unless a config file is given)
+gpu_preset = True         # on a GPU, apply config/em_gpu.py first (unless a config file is given;
+                          # --gpu_preset=False or --gpu_preset False: never)
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_of(globals())
-
-
-def rank0():
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def log(msg):
     if rank0():
         print(f"[em {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def barrier():
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def stage_config(cfg, name):
@@ -185,13 +184,18 @@ def n_tokens(path):
     return len(open_bin(path))
 
 
+GPU_PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "em_gpu.py")
+
+
 def configure(argv):
-    """The settings: defaults <- config files (on a GPU, config/em_gpu.py unless one is given) <- the command line."""
+    """The settings: defaults <- config files (on a GPU, config/em_gpu.py unless one is given or gpu_preset is
+    False) <- the command line. The preset is decided from the parsed settings, never from argv's spelling."""
     gpu = torch.cuda.is_available()
-    files = [a for a in argv if not a.startswith("-") and a.endswith(".py")]
-    if gpu and not files and "--gpu_preset=False" not in argv:
-        argv = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "em_gpu.py")] + argv
-    cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
+    cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}  # --help prints and exits here
+    files = config_files(argv, DEFAULTS)
+    if gpu and not files and cfg["gpu_preset"]:
+        argv = [GPU_PRESET] + argv
+        cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     # the measured stage times hold for the default settings only (a data_dir or other budgets: no estimate)
@@ -264,11 +268,12 @@ class Run:
         self.exemplars = cfg["eval_exemplars"] or (self.path("exemplars.jsonl") if self.have("exemplars.jsonl") else "")
         # the budget of every training: mstep_epochs over the warm-start corpus plus the bootstrap corpus at the
         # warm start's thought density; fixed up front so every M-step and the FLOP-matched baseline share it
-        s = self.size
-        self.budget = int(cfg["mstep_epochs"] * (s["warm_aug"] + s["boot_raw"] * s["warm_aug"] / s["warm_raw"]))
+        sizes = self.size
+        self.budget = int(cfg["mstep_epochs"] * (sizes["warm_aug"] + sizes["boot_raw"] * sizes["warm_aug"]
+                                                 / sizes["warm_raw"]))
 
     def pretrained_base(self):
-        """The base every training restarts from (method.md, M-step). The paper's base is a pretrained LM; ours is
+        """The base every training restarts from (docs/method.md, M-step). The paper's base is a pretrained LM; ours is
         pretrained on the world's background text (worked problems of other families), or is the model of
         train_config's init_from (a fresh initialisation, or a Hugging Face directory) with base_epochs=0."""
         cfg = self.cfg
@@ -281,39 +286,39 @@ class Run:
             if "background" not in self.size:
                 raise ValueError(f"base_epochs={cfg['base_epochs']} needs {self.data}/background.bin to pretrain on; "
                                  "with --data_dir use --base_epochs=0 (and a pretrained model via init_from)")
-            s = train(out_dir=d, train_bins=[self.path("background.bin")], init_from=init["ckpt"], latent=False,
-                      max_tokens=int(cfg["base_epochs"] * self.size["background"]), **self.train_kw)
-            return {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s")}
+            summary = train(out_dir=d, train_bins=[self.path("background.bin")], init_from=init["ckpt"], latent=False,
+                            max_tokens=int(cfg["base_epochs"] * self.size["background"]), **self.train_kw)
+            return {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s")}
         self.stage("base", make)
 
     def fit_and_eval(self, d, bins, max_tokens, init, latent):
         """Train on bins (mixed by size) from init, then evaluate (and on the validation problems too)."""
         cfg = self.cfg
         sizes = [n_tokens(b) for b in bins]
-        s = train(out_dir=d, train_bins=bins, train_weights=[n / sum(sizes) for n in sizes], max_tokens=int(max_tokens),
-                  init_from=init, latent=latent, **self.train_kw)
+        summary = train(out_dir=d, train_bins=bins, train_weights=[n / sum(sizes) for n in sizes],
+                        max_tokens=int(max_tokens), init_from=init, latent=latent, **self.train_kw)
         ev = dict(exemplars=self.exemplars, n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"],
                   batch_size=cfg["eval_batch"], limit=cfg["eval_limit"] or None)
-        r = evaluate(s["ckpt"], self.eval_data, out_dir=os.path.join(d, "eval"), **ev)
-        out = {"tokens": s["tokens"], "val": s.get("val"), "train_s": s.get("wall_s"),
+        r = evaluate(summary["ckpt"], self.eval_data, out_dir=os.path.join(d, "eval"), **ev)
+        out = {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s"),
                **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
         if self.valid and self.valid != self.eval_data:  # settings are chosen on these problems, not on eval
-            v = evaluate(s["ckpt"], self.valid, out_dir=os.path.join(d, "valid"), **ev)
+            v = evaluate(summary["ckpt"], self.valid, out_dir=os.path.join(d, "valid"), **ev)
             out["valid"] = {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown")}
         return out
 
     def warm_start(self):
-        """M_0 (method.md, Warm start): the warm-start split with the teacher's thoughts, on a budget of its own."""
+        """M_0 (docs/method.md, Warm start): the warm-start split with the teacher's thoughts, on a budget of its own."""
         self.stage("m0", lambda d: self.fit_and_eval(d, [self.path("warm_aug.bin")],
                                                      self.cfg["m0_epochs"] * self.size["warm_aug"], self.base, True))
 
     def baselines(self):
-        """The same documents without thoughts (method.md, Baselines): as many raw tokens (and epochs), and as many
+        """The same documents without thoughts (docs/method.md, Baselines): as many raw tokens (and epochs), and as many
         training tokens as an M-step."""
-        raw = [self.path("warm_raw.bin"), self.path("boot_raw.bin")]
+        raw_bins = [self.path("warm_raw.bin"), self.path("boot_raw.bin")]
         raw_tokens = self.cfg["mstep_epochs"] * (self.size["warm_raw"] + self.size["boot_raw"])
-        self.stage("raw_token_match", lambda d: self.fit_and_eval(d, raw, raw_tokens, self.base, False))
-        self.stage("raw_flop_match", lambda d: self.fit_and_eval(d, raw, self.budget, self.base, False))
+        self.stage("raw_token_match", lambda d: self.fit_and_eval(d, raw_bins, raw_tokens, self.base, False))
+        self.stage("raw_flop_match", lambda d: self.fit_and_eval(d, raw_bins, self.budget, self.base, False))
 
     def oracle(self):
         """An upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the
@@ -327,7 +332,7 @@ class Run:
 
     def em_iterations(self):
         """EM: the E-step with M_{t-1} infers thoughts for the bootstrap split; the M-step trains M_t from the base
-        (method.md) on them and the warm-start split, with the same budget every iteration."""
+        (docs/method.md, M-step) on them and the warm-start split, with the same budget every iteration."""
         cfg, rd = self.cfg, self.cfg["run_dir"]
         prev = os.path.join(rd, "m0", "ckpt.pt")
         for t in range(1, cfg["iters"] + 1):
@@ -346,7 +351,11 @@ class Run:
 
 
 def main(argv):
-    cfg, argv, preset = configure(argv)
+    """The whole run from a command line; returns the results table's rows (rank 0)."""
+    try:
+        cfg, argv, preset = configure(argv)
+    except (ValueError, TypeError, OSError, SyntaxError) as e:
+        usage_error(e)  # a bad setting: one line and status 2, before any work
     setup()  # torchrun: one process group for every stage
     run = Run(cfg, argv, preset)
     run.corpus()
@@ -359,81 +368,9 @@ def main(argv):
         run.oracle()
     if cfg["em"]:
         run.em_iterations()
-    return report(cfg) if rank0() else None
-
-
-def collect(cfg):
-    """The result table's rows, read from the stages' files: the one place they are built (another process sharing
-    run_dir, em=False, may have made some of them)."""
-    rd, rows = cfg["run_dir"], {}
-
-    def load(name):
-        p = os.path.join(rd, name, "stage.json")
-        return json.load(open(p)) if os.path.exists(p) else None
-    for title, name in (("raw-token-match", "raw_token_match"), ("raw-FLOP-match", "raw_flop_match"),
-                        ("gold thoughts (oracle)", "oracle"), ("M0 (warm start)", "m0")):
-        if load(name):
-            rows[title] = load(name)
-    for t in range(1, cfg["iters"] + 1):
-        e, m = load(f"iter{t}/estep"), load(f"iter{t}/mstep")
-        if e and m:
-            rows[f"EM iteration {t}"] = {**m, "estep": e, "wall_s": m["wall_s"] + e["wall_s"]}
-    return rows
-
-
-def report(cfg):
-    """results.md and results.json; results.png when matplotlib is installed (an optional extra)."""
-    rd, rows = cfg["run_dir"], collect(cfg)
-    lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, {'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}",
-             "", f"| run | accuracy (95% CI) on {cfg.get('eval_split', 'eval')} | on valid | val loss raw / aug | E-step ELBO | ESS | gold result: chosen / random | "
-             "tokens trained | training time | E-step time |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        e, v = r.get("estep", {}), r.get("val") or {}
-        num = lambda x, f: "" if x is None else format(x, f)
-        agree = f"{e['agree_chosen']:.3f} / {e['agree_random']:.3f}" if e.get("agree_chosen") is not None else ""
-        lines.append(f"| {name} | {r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f}) | "
-                     f"{num((r.get('valid') or {}).get('accuracy'), '.3f')} | "
-                     f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')} | {num(e.get('elbo'), '.2f')} | "
-                     f"{num(e.get('ess'), '.2f')} | {agree} | {r['tokens'] / 1e6:.2f}M | {num(r.get('train_s', 0) / 60, '.1f')} min | "
-                     f"{num(e['wall_s'] / 60, '.1f') + ' min' if e else ''} |")
-    table = "\n".join(lines)
-    with atomic_open(os.path.join(rd, "results.md")) as f:  # a reader never sees a half-written table
-        f.write(table + "\n")
-    write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows})
-    print(table, flush=True)
-    results_png(rd, rows, cfg)
-    try:  # the html page (report.py) is for people; a failure to draw it must never fail the run
-        from report import write_report
-        log(f"wrote {write_report(rd)}")
-    except Exception as e:
-        log(f"report.html not written: {e!r}")
-    return rows
-
-
-def results_png(rd, rows, cfg):
-    """results.png: accuracy per EM iteration beside the baselines, when matplotlib is installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    if "M0 (warm start)" not in rows:
-        return
-    pts = [(0, rows["M0 (warm start)"])] + [(int(k.split()[-1]), v) for k, v in rows.items() if k.startswith("EM")]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar([i for i, _ in pts], [r["accuracy"] for _, r in pts], marker="o", capsize=3, label=f"EM, K={cfg['K']}",
-                yerr=[[r["accuracy"] - r["ci_low"] for _, r in pts], [r["ci_high"] - r["accuracy"] for _, r in pts]])
-    for name, ls in (("raw-token-match", ":"), ("raw-FLOP-match", "--")):
-        if name in rows:
-            ax.axhline(rows[name]["accuracy"], ls=ls, color="gray", label=name)
-    ax.set_xlabel("EM iteration (0 = warm start M_0)")
-    ax.set_ylabel("accuracy on held-out problems")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_open(os.path.join(rd, "results.png"), "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+    return write_results(cfg, log) if rank0() else None
 
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    teardown()

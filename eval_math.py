@@ -1,10 +1,8 @@
 """
-Few-shot evaluation on MATH / GSM8K-shaped jsonl (method.md, Evaluation); the answer grader lives in grader.py.
+Few-shot evaluation on MATH / GSM8K-shaped jsonl (docs/method.md, Evaluation); the answer grader lives in grader.py.
 
     python eval_math.py --ckpt=runs/x/m0/ckpt.pt --data=runs/x/data/eval.jsonl --exemplars=runs/x/data/exemplars.jsonl
     torchrun --nproc_per_node=8 eval_math.py --ckpt=... --data=../shared/data/gsm8k/test.jsonl --n_shot=8
-
-extract_answer, grade and is_equiv are re-exported from grader.py so that older callers keep working.
 """
 import math
 import os
@@ -16,12 +14,12 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
-from configurator import apply, defaults_of, parse_args
+from configurator import apply, command_line, defaults_of, usage_error
+from common import load_checkpoint, rank0, setup, teardown
 from data.files import read_jsonl, write_json, write_jsonl
 from data.latent import latent_eval_prompt, raw_eval_prompt, show
 from data.tokenizer import get_tokenizer
-from grader import extract_answer, grade, is_equiv, normalize  # noqa: F401  (re-exported)
-from model import load_checkpoint, setup
+from grader import extract_answer, grade
 
 # -----------------------------------------------------------------------------
 ckpt = ""                 # a checkpoint of train.py (ckpt["latent"] picks the prompt style)
@@ -94,34 +92,34 @@ def evaluate(ckpt, data, exemplars="", **settings):
                              f"GSM8K-shaped data defaults to a train.jsonl beside it ({sibling})")
         exemplars = sibling
     shots = load_rows(exemplars)[:cfg["n_shot"]]
-    c = setup(cfg["device"])
-    model, ck = load_checkpoint(ckpt, c.device)
+    compute = setup(cfg["device"])
+    model, checkpoint = load_checkpoint(ckpt, compute.device)
     model.eval()
-    tok = get_tokenizer(ck["tokenizer"])
-    style = ("latent" if ck.get("latent") else "raw") if cfg["style"] == "auto" else cfg["style"]
+    tok = get_tokenizer(checkpoint["tokenizer"])
+    style = ("latent" if checkpoint.get("latent") else "raw") if cfg["style"] == "auto" else cfg["style"]
     if style not in ("raw", "latent"):
         raise ValueError(f"style must be auto, raw or latent, got {style!r}")
-    mine = [i for i in range(len(rows)) if i % c.world == c.rank]
+    mine = [i for i in range(len(rows)) if i % compute.world == compute.rank]
     prompts, dropped = few_shot_prompts(tok, style, rows, mine, shots, model.config.block_size, cfg["max_new_tokens"])
     results = []
-    for idx, gens in generate_answers(model, tok, style, prompts, cfg, c):
+    for idx, gens in generate_answers(model, tok, style, prompts, cfg, compute):
         for i, g in zip(idx, gens):
             results.append(grade_generation(tok, style, i, rows[i], prompts[i], g, cfg["timeout"]))
-    if c.world > 1:
-        parts = [None] * c.world
+    if compute.world > 1:
+        parts = [None] * compute.world
         torch.distributed.all_gather_object(parts, (results, dropped))
         results, dropped = [r for p in parts for r in p[0]], sum(p[1] for p in parts)
     results.sort(key=lambda r: r["index"])
     summary = dict(**accuracy(results), style=style, n_shot=len(shots), dropped_exemplars=dropped, ckpt=str(ckpt),
                    data=str(data), wall_s=time.time() - t0)
-    if cfg["out_dir"] and c.rank == 0:
+    if cfg["out_dir"] and compute.rank == 0:
         write_json(os.path.join(cfg["out_dir"], "results.json"), summary)
         write_jsonl(os.path.join(cfg["out_dir"], "problems.jsonl"), results)
     return summary
 
 
 def few_shot_prompts(tok, style, rows, mine, shots, T, max_new_tokens):
-    """The prompt of each problem (method.md, Evaluation): exemplars, then the problem. A prompt must leave room
+    """The prompt of each problem (docs/method.md, Evaluation): exemplars, then the problem. A prompt must leave room
     for an answer: exemplars are dropped from the front until it does. Returns (prompts by index, how many lost some)."""
     def prompt_for(problem, shots):
         if style == "raw":
@@ -142,16 +140,17 @@ def few_shot_prompts(tok, style, rows, mine, shots, T, max_new_tokens):
     return prompts, dropped
 
 
-def generate_answers(model, tok, style, prompts, cfg, c):
+def generate_answers(model, tok, style, prompts, cfg, compute):
     """Greedy continuations in batches of similar prompt lengths; yields (indices, generations)."""
     stops = [tok.eot] + ([tok.sol] if style == "latent" else [])  # a new latent = a new chunk
     order = sorted(prompts, key=lambda i: len(prompts[i]))  # similar lengths per batch: little padding
     T, B = model.config.block_size, cfg["batch_size"]
-    bar = tqdm(total=len(order), unit="problem", desc="evaluation", disable=c.rank != 0 or not sys.stderr.isatty())
+    bar = tqdm(total=len(order), unit="problem", desc="evaluation",
+               disable=compute.rank != 0 or not sys.stderr.isatty())
     for b in range(0, len(order), B):
         idx = order[b:b + B]
         batch = [prompts[i] for i in idx]
-        with c.ctx:
+        with compute.ctx:
             gens, _, _ = model.generate(batch, max_new_tokens=min(cfg["max_new_tokens"], T - max(map(len, batch))),
                                         temperature=0, stop_tokens=stops, seed=0,
                                         banned_tokens=tok.latent_ids if style == "raw" else None)
@@ -203,11 +202,10 @@ def print_table(r):
 
 
 if __name__ == "__main__":
-    cfg = apply(DEFAULTS, parse_args(sys.argv[1:], DEFAULTS), "command line")
+    cfg = command_line(sys.argv[1:], DEFAULTS)
     if not cfg["ckpt"] or not cfg["data"]:
-        sys.exit("usage: python eval_math.py --ckpt=CKPT --data=PROBLEMS.jsonl [--exemplars=...] [--n_shot=4]")
-    r = evaluate(**cfg)  # torchrun: one process per GPU, problems split by index
-    if int(os.environ.get("RANK", 0)) == 0:
-        print_table(r)
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        usage_error("usage: python eval_math.py --ckpt=CKPT --data=PROBLEMS.jsonl [--exemplars=...] [--n_shot=4]")
+    summary = evaluate(**cfg)  # torchrun: one process per GPU, problems split by index
+    if rank0():
+        print_table(summary)
+    teardown()

@@ -1,10 +1,12 @@
 """
-A run as one page a class can look at: open run_dir/report.html in any browser, offline.
+A run's results, written from the files its stages left: results.md and results.json (the table), results.png
+(accuracy per EM iteration), and the whole run as one page a class can look at: open run_dir/report.html in any
+browser, offline. em.py calls write_results at the end of every run; this module owns every table and plot.
 
     python -m report runs/default                        # writes runs/default/report.html
     python -m report runs/k1 runs/k4 runs/k8 --out=sweep.html   # several runs side by side (a K or seed sweep)
 
-The page holds, read from the files the stages left (em.py calls write_report at the end of every run):
+The page holds:
   - the results table (results.json; for a run still going, the stages finished so far)
   - accuracy per EM iteration with its 95% interval, beside the raw baselines and the oracle
   - the E-step's ELBO, effective sample size and agreement with the gold thoughts per iteration
@@ -24,7 +26,11 @@ import json
 import os
 import re
 
-from data.files import atomic_open, chunk_prefix, read_chunks, read_jsonl, read_thoughts
+import torch
+
+from data.files import atomic_open, chunk_prefix, read_chunks, read_jsonl, read_thoughts, write_json
+from data.mathworld import thought_result
+from sample_thoughts import chunk_stats, eligible_log_w
 
 N_CHUNKS = 4  # bootstrap chunks shown with their thoughts: enough to compare, few enough to read in class
 TRAININGS = [("base", "base"), ("M0 (warm start)", "m0"), ("raw-token-match", "raw_token_match"),
@@ -51,7 +57,7 @@ pre { background: #f7f7f7; padding: 0.5em; white-space: pre-wrap; margin: 0.3em 
 # ----------------------------------------------------------------------------- reading a run
 
 def read_results(run_dir):
-    """(config, rows, note): results.json, or for a run still going the stages finished so far (em.collect)."""
+    """(config, rows, note): results.json, or for a run still going the stages finished so far (collect)."""
     path = os.path.join(run_dir, "results.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -61,8 +67,26 @@ def read_results(run_dir):
     if not os.path.exists(inv):
         raise FileNotFoundError(f"{run_dir}: neither results.json nor invocations.jsonl; is it an em.py run_dir?")
     cfg = [row for _, row in read_jsonl(inv)][-1]["config"]
-    from em import collect  # the same reading em.py's table uses; imported here as it loads torch
     return cfg, collect({**cfg, "run_dir": run_dir}), "no results.json yet: the rows are the stages finished so far"
+
+
+def collect(cfg):
+    """The result table's rows, read from the stages' files: the one place they are built (another process sharing
+    run_dir, em=False, may have made some of them)."""
+    rd, rows = cfg["run_dir"], {}
+
+    def load(name):
+        p = os.path.join(rd, name, "stage.json")
+        return json.load(open(p)) if os.path.exists(p) else None
+    for title, name in (("raw-token-match", "raw_token_match"), ("raw-FLOP-match", "raw_flop_match"),
+                        ("gold thoughts (oracle)", "oracle"), ("M0 (warm start)", "m0")):
+        if load(name):
+            rows[title] = load(name)
+    for t in range(1, cfg["iters"] + 1):
+        e, m = load(f"iter{t}/estep"), load(f"iter{t}/mstep")
+        if e and m:
+            rows[f"EM iteration {t}"] = {**m, "estep": e, "wall_s": m["wall_s"] + e["wall_s"]}
+    return rows
 
 
 def read_log(path):
@@ -148,8 +172,8 @@ def img(plt, fig, alt):
 
 
 def plot_accuracy(plt, runs):
-    """runs: [(label, rows)]. Accuracy per EM iteration with its 95% interval; the baselines and the oracle as
-    horizontal lines (what EM must beat, and what a perfect E-step would give)."""
+    """The figure of runs: [(label, rows)]: accuracy per EM iteration with its 95% interval; the baselines and the
+    oracle as horizontal lines (what EM must beat, and what a perfect E-step would give)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for n, (label, rows) in enumerate(runs):
         color = f"C{n}"
@@ -166,7 +190,10 @@ def plot_accuracy(plt, runs):
     ax.set_ylabel("accuracy on held-out problems")
     if ax.get_legend_handles_labels()[0]:  # a run with no finished row yet has nothing to label
         ax.legend(fontsize=7)
-    return img(plt, fig, "accuracy per EM iteration")
+    return fig
+
+
+ACCURACY = "accuracy per EM iteration"
 
 
 def plot_estep(plt, rows):
@@ -234,17 +261,34 @@ def minutes(seconds):
     return "" if seconds is None else f"{seconds / 60:.1f} min"
 
 
-def results_table(rows):
-    head = ["run", "accuracy (95% CI)", "n", "val loss raw", "val loss aug", "E-step ELBO", "ESS",
+def table(rows, split="eval"):
+    """The results table as (header, [cells of each row]): results.md and the page print the same cells."""
+    head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug", "E-step ELBO", "ESS",
             "gold result: chosen / random", "tokens trained", "training time", "E-step time"]
-    out = ["<table class='results'><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    out = []
     for name, r in rows.items():
         e, v = r.get("estep", {}), r.get("val") or {}
         agree = f"{e['agree_chosen']:.3f} / {e['agree_random']:.3f}" if e.get("agree_chosen") is not None else ""
-        cells = [name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})", r.get("n", ""),
-                 num(v.get("raw"), ".3f"), num(v.get("aug"), ".3f"), num(e.get("elbo"), ".2f"), num(e.get("ess"), ".2f"),
-                 agree, f"{r['tokens'] / 1e6:.2f}M", minutes(r.get("train_s")), minutes(e.get("wall_s"))]
-        out.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in cells) + "</tr>")
+        out.append([name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})",
+                    num((r.get("valid") or {}).get("accuracy"), ".3f"),
+                    f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", num(e.get("elbo"), ".2f"),
+                    num(e.get("ess"), ".2f"), agree, f"{r['tokens'] / 1e6:.2f}M", minutes(r.get("train_s", 0)),
+                    minutes(e.get("wall_s"))])
+    return head, out
+
+
+def results_markdown(cfg, rows):
+    head, cells = table(rows, cfg.get("eval_split", "eval"))
+    lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, "
+             f"{'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, c)) + " |" for c in cells])
+
+
+def results_table(rows, split="eval"):
+    head, cells = table(rows, split)
+    out = ["<table class='results'><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in cells]
     return "\n".join(out + ["</table>"])
 
 
@@ -256,8 +300,6 @@ def settings_line(cfg):
 
 def weights(samples):
     """The normalised weights the E-step resampled with: softmax of log w, truncated thoughts at 0."""
-    import torch
-    from sample_thoughts import chunk_stats, eligible_log_w
     lw = eligible_log_w([s["logw"] for s in samples], [s["truncated"] for s in samples])
     return [float(w) for w in torch.softmax(lw, 0)], chunk_stats(samples)
 
@@ -290,7 +332,7 @@ def thoughts_section(run_dir, cfg, n):
         return "<p>No E-step shards in this run yet.</p>"
     gold_path = os.path.join(data, "boot.gold.jsonl")
     golds = read_thoughts(gold_path) if os.path.exists(gold_path) else {}  # real corpora have no gold thoughts
-    from data.mathworld import thought_result as result_fn  # what "the same result" means for the gold thoughts
+    result_fn = thought_result  # what "the same result" means for the gold thoughts
     out = [f"<p>{len(ids)} bootstrap chunks, the same in every iteration. Each thought Z was sampled from the "
            "posterior q(Z | X, P) of the previous model; log w = log p(Z, X | P) - log q(Z | X, P); the bars are the "
            "normalised weights softmax(log w) the E-step resampled ONE thought with (green: the one kept).</p>"]
@@ -325,11 +367,11 @@ def write_report(run_dir, out=None, n_chunks=N_CHUNKS):
     cfg, rows, note = read_results(run_dir)
     plt = pyplot()
     body = [settings_line(cfg)] + ([f"<p class='note'>{esc(note)}</p>"] if note else [])
-    body += ["<h2>Results</h2>", results_table(rows)]
+    body += ["<h2>Results</h2>", results_table(rows, cfg.get("eval_split", "eval"))]
     if plt is None:
         body.append(NO_PLOTS)
     else:
-        body += ["<h2>Accuracy per EM iteration</h2>", plot_accuracy(plt, [("", rows)]),
+        body += ["<h2>Accuracy per EM iteration</h2>", img(plt, plot_accuracy(plt, [("", rows)]), ACCURACY),
                  "<h2>The E-step per iteration</h2>", plot_estep(plt, rows),
                  "<h2>Training curves</h2>", plot_training(plt, trainings(run_dir, cfg))]
     body += ["<h2>Thoughts the E-step sampled</h2>", thoughts_section(run_dir, cfg, n_chunks)]
@@ -337,6 +379,29 @@ def write_report(run_dir, out=None, n_chunks=N_CHUNKS):
     with atomic_open(out) as f:  # a reader never opens a half-written page
         f.write(page(f"Latent-thought EM: {os.path.basename(os.path.abspath(run_dir))}", "\n".join(body)))
     return out
+
+
+def write_results(cfg, log=print):
+    """The end of an em.py run: results.md and results.json, results.png when matplotlib is installed (an optional
+    extra), and report.html. Returns the rows."""
+    rd, rows = cfg["run_dir"], collect(cfg)
+    markdown = results_markdown(cfg, rows)
+    with atomic_open(os.path.join(rd, "results.md")) as f:  # a reader never sees a half-written table
+        f.write(markdown + "\n")
+    write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows})
+    print(markdown, flush=True)
+    plt = pyplot()
+    if plt is not None and "M0 (warm start)" in rows:
+        fig = plot_accuracy(plt, [("", rows)])
+        fig.tight_layout()
+        with atomic_open(os.path.join(rd, "results.png"), "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        plt.close(fig)
+    try:  # the html page is for people; a failure to draw it must never fail the run
+        log(f"wrote {write_report(rd)}")
+    except Exception as e:
+        log(f"report.html not written: {e!r}")
+    return rows
 
 
 def write_sweep(run_dirs, out):
@@ -348,11 +413,12 @@ def write_sweep(run_dirs, out):
     label = lambda d, c: ", ".join(f"{k}={c.get(k)}" for k in keys) or os.path.basename(os.path.abspath(d))
     plt = pyplot()
     body = ["<h2>Accuracy per EM iteration</h2>",
-            plot_accuracy(plt, [(label(d, c), rows) for d, c, rows, _ in runs]) if plt else NO_PLOTS,
+            img(plt, plot_accuracy(plt, [(label(d, c), rows) for d, c, rows, _ in runs]), ACCURACY) if plt else NO_PLOTS,
             "<h2>Results</h2><div class='row'>"]
     for d, c, rows, note in runs:
         body.append(f"<div><h3>{esc(label(d, c))}</h3><p>{esc(d)}</p>{settings_line(c)}"
-                    + (f"<p class='note'>{esc(note)}</p>" if note else "") + results_table(rows) + "</div>")
+                    + (f"<p class='note'>{esc(note)}</p>" if note else "") + results_table(rows, c.get("eval_split", "eval"))
+                    + "</div>")
     body.append("</div>")
     with atomic_open(out) as f:
         f.write(page(f"Latent-thought EM: {len(runs)} runs", "\n".join(body)))
@@ -365,6 +431,9 @@ if __name__ == "__main__":
     ap.add_argument("--out", default=None, help="default: RUN_DIR/report.html for one run, sweep.html for several")
     ap.add_argument("--chunks", type=int, default=N_CHUNKS, help="bootstrap chunks shown with their thoughts")
     args = ap.parse_args()
+    for d in args.run_dirs:  # a directory that is no run: one line, not a traceback
+        if not any(os.path.exists(os.path.join(d, f)) for f in ("results.json", "invocations.jsonl")):
+            ap.error(f"{d}: neither results.json nor invocations.jsonl; is it an em.py run_dir?")
     if len(args.run_dirs) == 1:
         path = write_report(args.run_dirs[0], args.out, args.chunks)
     else:

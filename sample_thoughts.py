@@ -1,5 +1,5 @@
 """
-E-step (method.md): infer a latent thought Z for every chunk X of a chunk file with the current model.
+E-step (docs/method.md, E-step): infer a latent thought Z for every chunk X of a chunk file with the current model.
 
     python sample_thoughts.py --ckpt=runs/default/m0/ckpt.pt --chunks=runs/default/data/boot.chunks.jsonl \
         --out_dir=runs/default/iter1/estep
@@ -37,21 +37,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from configurator import apply, defaults_of, parse_args
+from configurator import apply, command_line, defaults_of, usage_error
 from data.files import (build_augmented_bin, check_settings, chunk_prefix, read_chunks, read_jsonl, read_thoughts,
                         write_json, write_jsonl)
 from data.latent import fit_context, joint_sequence, posterior_prompt, thought_stop_token
+from common import load_checkpoint, print0, setup, teardown
+from data.mathworld import steps_valid, thought_result
 from data.tokenizer import get_tokenizer
-from model import load_checkpoint, setup
 
 # ----------------------------------------------------------------------------- config
 ckpt = ""                 # the current model (M_{t-1})
 chunks = ""               # chunk file (data/files.py format)
 out_dir = "out/estep"
-K = 4                     # thoughts sampled per chunk (method.md: 4)
+K = 4                     # thoughts sampled per chunk (docs/method.md, E-step 1: 4)
 max_thought_tokens = 160  # paper: 1024
 selection = "importance"  # importance | uniform | argmax
-n_prefix = 3              # prefix chunks (method.md: 3 when bootstrapping)
+n_prefix = 3              # prefix chunks (docs/method.md, The official code's settings: 3 when bootstrapping)
 seed = 0
 batch_size = 64           # chunks per generate call, each with K rows
 gold = None               # optional thoughts jsonl of gold thoughts: measure agreement of the chosen ones
@@ -63,8 +64,8 @@ limit = None              # only the first `limit` documents (a quick look)
 DEFAULTS = defaults_of(globals())
 SELECTIONS = ("importance", "uniform", "argmax")
 SCORE_LOGITS = 2 ** 27    # logits elements per model.score group: bounds memory with a 50k vocabulary
-SCORE_TOKENS_CPU = 4096   # on a CPU, groups of about this many tokens: 2.2x faster than one big group at the
-                          # default model (README, Benchmarks), its activations staying in cache
+SCORE_TOKENS_CPU = 4096   # on a CPU, groups of about this many tokens: faster than one big group at the default
+                          # model, its activations staying in cache (docs/benchmarks.md)
 
 
 def eligible_log_w(log_w, truncated):
@@ -75,7 +76,7 @@ def eligible_log_w(log_w, truncated):
 
 
 def select(log_w, truncated, selection, generator):
-    """Index of the one thought kept among K (method.md E-step 3)."""
+    """Index of the one thought kept among K (docs/method.md, E-step 3)."""
     lw = eligible_log_w(log_w, truncated)
     if selection == "importance":
         # normalise over the K samples (softmax of log w) and resample one: not argmax
@@ -89,7 +90,7 @@ def select(log_w, truncated, selection, generator):
 
 
 def chunk_stats(samples):
-    """(ELBO estimate, effective sample size) of one chunk's K samples (method.md E-step 4)."""
+    """(ELBO estimate, effective sample size) of one chunk's K samples (docs/method.md, E-step 4)."""
     lw = eligible_log_w([s["logw"] for s in samples], [s["truncated"] for s in samples])
     elbo = float(torch.logsumexp(lw, 0)) - math.log(len(samples))  # logsumexp(log w) - log K ~<= log p(X | P)
     w = torch.softmax(lw, 0)
@@ -193,24 +194,30 @@ def print_chunk(row, P, X):
               f"w {float(w[k]):.3f}{'  (truncated)' if s['truncated'] else ''}\n      {s['text']!r}")
 
 
+def check(cfg):
+    """The settings' values the configurator cannot check by type."""
+    K = cfg["K"]
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"K (thoughts sampled per chunk) must be an integer >= 1, got {K!r}")
+    if cfg["selection"] not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {cfg['selection']!r}")
+
+
 def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=None, **settings):
     """The E-step; returns the summary dict (also in out_dir/summary.json) on every rank. settings: the keys of
     the config block above (K, max_thought_tokens, ...), whose defaults apply to the rest. result_fn(thought) ->
     final result or None defines agreement with the gold thoughts (default data.mathworld.thought_result).
     stop_after_shards: return after writing that many shards, without merging (one process; tests of resuming)."""
     cfg = apply(DEFAULTS, {**settings, "ckpt": ckpt, "chunks": chunks, "out_dir": out_dir}, "sample_thoughts()")
+    check(cfg)  # before the model loads and work starts
     K = cfg["K"]
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:  # checked before the model loads and work starts
-        raise ValueError(f"K (thoughts sampled per chunk) must be an integer >= 1, got {K!r}")
-    if cfg["selection"] not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {cfg['selection']!r}")
     t0 = time.time()
-    c = setup(cfg["device"])  # on CUDA bf16 autocast for generate and score; their log-softmaxes stay float32
-    model, ck = load_checkpoint(ckpt, c.device)
+    compute = setup(cfg["device"])  # on CUDA bf16 autocast for generate and score; their log-softmaxes stay float32
+    model, checkpoint = load_checkpoint(ckpt, compute.device)
     model.eval()
-    tok = get_tokenizer(ck["tokenizer"])
-    if not ck.get("latent", True) and c.rank == 0:
-        print(f"warning: {ckpt} was trained without thoughts; its posterior knows nothing of the latent format")
+    tok = get_tokenizer(checkpoint["tokenizer"])
+    if not checkpoint.get("latent", True):
+        print0(f"warning: {ckpt} was trained without thoughts; its posterior knows nothing of the latent format")
     golds = read_thoughts(cfg["gold"]) if cfg["gold"] is not None else None  # read first: fail before the work
     docs = read_chunks(chunks)[:cfg["limit"]]
     items = [(x, chunk_prefix(doc, i, cfg["n_prefix"])) for doc in docs for i, x in enumerate(doc)]  # file order
@@ -224,23 +231,23 @@ def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=Non
     if os.path.exists(settings_path):  # shards on disk: continue them only with the settings that made them
         with open(settings_path) as f:
             check_settings(settings_path, json.load(f), made_with, hint="use another out_dir, or delete it")
-    c.barrier()
-    if c.rank == 0:
+    compute.barrier()
+    if compute.rank == 0:
         write_json(settings_path, made_with)
 
-    todo = [s for s in range(len(shards)) if s % c.world == c.rank and not os.path.exists(shard_path(s))]
+    todo = [s for s in range(len(shards)) if s % compute.world == compute.rank and not os.path.exists(shard_path(s))]
     meter = {"decode": 0.0, "score": 0.0, "chunks": 0, "tokens": 0}  # seconds, and work done in this run
     bar = tqdm(total=sum(len(shards[s]) for s in todo), unit="chunk", desc="E-step",
-               disable=c.rank != 0 or not sys.stderr.isatty())
-    show = cfg["show"] if c.rank == 0 else 0
+               disable=compute.rank != 0 or not sys.stderr.isatty())
+    show = cfg["show"] if compute.rank == 0 else 0
     for n_done, s in enumerate(todo):
         if stop_after_shards is not None and n_done >= stop_after_shards:
             bar.close()
             return {"stopped_after_shards": n_done}
-        with c.ctx:
-            rows = run_shard(model, tok, shards[s], s, cfg, meter, c.cuda, bar)
+        with compute.ctx:
+            rows = run_shard(model, tok, shards[s], s, cfg, meter, compute.cuda, bar)
         write_jsonl(shard_path(s), rows)  # atomic: a shard on disk is a finished shard
-        if c.rank == 0 and bar.disable:  # no terminal (a log file): one line per shard instead of the bar
+        if compute.rank == 0 and bar.disable:  # no terminal (a log file): one line per shard instead of the bar
             print(f"E-step: shard {n_done + 1}/{len(todo)} of this run written, {meter['chunks']} chunks in "
                   f"{time.time() - t0:.0f}s ({meter['chunks'] / (time.time() - t0):.1f} chunks/s)", flush=True)
         for row, (x, P) in list(zip(rows, shards[s]))[:show]:
@@ -250,28 +257,27 @@ def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=Non
 
     # gather the work counters of all ranks (timings: mean per rank)
     stats = torch.tensor([meter[k] for k in ("chunks", "tokens", "decode", "score")], dtype=torch.float64,
-                         device=c.device)
-    if c.world > 1:
+                         device=compute.device)
+    if compute.world > 1:
         torch.distributed.all_reduce(stats)
-    c.barrier()
+    compute.barrier()
     summary = None
-    if c.rank == 0:
+    if compute.rank == 0:
         rows = merge(tok, out_dir, chunks, shards, shard_path, cfg)
         summary = summarize(rows, cfg, golds, result_fn, problems_of(docs))
         n_chunks, n_tokens = int(stats[0]), int(stats[1])
-        dec, sco = (float(x) / c.world for x in stats[2:])
+        dec, sco = (float(x) / compute.world for x in stats[2:])
         wall = time.time() - t0
         other = wall - dec - sco
         summary.update(chunks_per_s=n_chunks / wall, decode_tokens_per_s=n_tokens / max(dec, 1e-9), wall_s=wall,
-                       chunks_this_run=n_chunks, world_size=c.world,
+                       chunks_this_run=n_chunks, world_size=compute.world,
                        timings={"decode": dec, "score": sco, "other": other},
                        timing_fractions={"decode": dec / wall, "score": sco / wall, "other": other / wall})
         write_json(os.path.join(out_dir, "summary.json"), summary)
-    c.barrier()
+    compute.barrier()
     if summary is None:
         with open(os.path.join(out_dir, "summary.json")) as f:
             summary = json.load(f)
-    c.close()
     return summary
 
 
@@ -293,10 +299,10 @@ def merge(tok, out_dir, chunks, shards, shard_path, cfg):
 
 
 def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
-    """The E-step's figures (method.md E-step 4): mean ELBO (per chunk and per raw token), effective sample size,
+    """The E-step's figures (docs/method.md, E-step 4): mean ELBO (per chunk and per raw token), effective sample size,
     truncation, thought length; with gold thoughts, how often the chosen (and a random) thought has the gold result,
-    and with problems ({chunk id: the problem its thought derives}) how often every step of it is true arithmetic
-    on the problem's numbers (valid_chosen / valid_random)."""
+    and with problems ({chunk id: the problem its thought derives}) how often every step of it is true arithmetic on
+    the problem's numbers (valid_*), and valid with the gold result besides (sound_*)."""
     elbo, ess = zip(*(chunk_stats(r["samples"]) for r in rows)) if rows else ((), ())
     samples = [x for r in rows for x in r["samples"]]
     mean = lambda xs: sum(xs) / max(1, len(xs))
@@ -307,8 +313,7 @@ def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
                    not_round_trip=mean([not x["exact"] for x in samples]),
                    thought_tokens=mean([r["samples"][r["chosen"]]["n_tokens"] for r in rows]))
     if golds is not None:
-        if result_fn is None:
-            from data.mathworld import thought_result as result_fn  # imported here: only the gold diagnostic needs it
+        result_fn = result_fn or thought_result
         pairs = [(r, result_fn(golds[r["id"]])) for r in rows if r["id"] in golds]
         pairs = [(r, g) for r, g in pairs if g is not None]  # only chunks whose gold thought states a result
         summary.update(gold_chunks=len(pairs),
@@ -317,7 +322,6 @@ def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
                        agree_random=mean([mean([result_fn(x["text"]) == g for x in r["samples"]]) for r, g in pairs])
                        if pairs else None)
     if golds is not None and problems is not None:
-        from data.mathworld import steps_valid  # imported here: only the gold diagnostic needs it
         # only chunks whose gold thought passes the check itself (a corpus with another thought format has none)
         checked = [r for r in rows if r["id"] in golds and steps_valid(golds[r["id"]], problems.get(r["id"], ""))]
         # sound: valid steps AND the gold result (a thought can copy the result from X over wrong steps, or do
@@ -335,9 +339,9 @@ def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
 
 
 if __name__ == "__main__":
-    cfg = apply(DEFAULTS, parse_args(sys.argv[1:], DEFAULTS), "command line")
+    cfg = command_line(sys.argv[1:], DEFAULTS, check)
     if not cfg["ckpt"] or not cfg["chunks"]:
-        sys.exit("usage: python sample_thoughts.py --ckpt=CKPT.pt --chunks=CHUNKS.jsonl --out_dir=DIR [--key=val ...]")
+        usage_error("usage: python sample_thoughts.py --ckpt=CKPT.pt --chunks=CHUNKS.jsonl --out_dir=DIR [--key=val ...]")
     result = sample_thoughts(**cfg)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps(result, indent=1))
+    print0(json.dumps(result, indent=1))
+    teardown()

@@ -1,5 +1,5 @@
 """
-The M-step (method.md): train a language model on token bins, nanoGPT-style.
+The M-step (docs/method.md, M-step): train a language model on token bins, nanoGPT-style.
 
     python train.py config/train_mathworld.py --train_bins="['runs/x/data/warm_aug.bin']" --max_tokens=20000000
     torchrun --nproc_per_node=8 train.py config/train_gpt2_124m.py ...
@@ -22,10 +22,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import apply, defaults_of, parse_args
+from configurator import apply, command_line, defaults_of, parse_args
 from data.files import atomic_open, check_settings, open_bin
 from data.tokenizer import canonical, get_tokenizer
-from model import GPT, GPTConfig, estimate_mfu, load_checkpoint, model_args, save_checkpoint, setup
+from common import barrier, estimate_mfu, load_checkpoint, print0, rank0, save_checkpoint, setup, teardown
+from hf import from_pretrained
+from model import GPT, GPTConfig
 
 # ----------------------------------------------------------------------------- config
 out_dir = "out"
@@ -94,7 +96,7 @@ def build_model(cfg, tok):
                  "n_kv_head", "tie_embeddings")
         return GPT(GPTConfig(vocab_size=tok.n_vocab, **{k: cfg[k] for k in shape}))
     if os.path.isdir(src):  # a Hugging Face directory: GPT-2 (tokenizer gpt2) or Llama (its own tokenizer.json)
-        return GPT.from_pretrained(src, tok, block_size=cfg["block_size"])
+        return from_pretrained(src, tok, block_size=cfg["block_size"])
     if not os.path.isfile(src):
         raise FileNotFoundError(f"init_from={src!r}: neither 'scratch', a checkpoint file nor a Hugging Face "
                                 f"directory")
@@ -106,11 +108,9 @@ def make_base(path, config_file=None, **overrides):
     cfg = resolve(config_file, **overrides)
     tok = get_tokenizer(cfg["tokenizer"])
     model = build_model(cfg, tok)
-    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes
-        save_checkpoint(path, {"model": model.state_dict(), "model_args": model_args(model.config), "tokenizer": tok.name,
-                               "latent": False, "config": cfg, "step": 0})
-    if dist.is_initialized():
-        dist.barrier()  # the other ranks read it next
+    if rank0():  # only rank 0 writes
+        save_checkpoint(path, model, tok.name, latent=False, config=cfg, step=0)
+    barrier()  # the other ranks read it next
     return {"ckpt": path, "params": model.get_num_params()}
 
 
@@ -251,8 +251,8 @@ def train(config_file=None, **overrides):
     t_start = time.time()
     if cfg["compile"] not in (None, "auto", True, False):
         raise ValueError(f"compile must be None, 'auto', True or False, got {cfg['compile']!r}")
-    c = setup(cfg["device"], cfg["dtype"])  # torchrun: joins (or starts) the process group
-    rank, world, dev, ddp = c.rank, c.world, c.device, c.world > 1
+    compute = setup(cfg["device"], cfg["dtype"])  # torchrun: joins (or starts) the process group
+    rank, world, dev, ddp = compute.rank, compute.world, compute.device, compute.world > 1
     tok = get_tokenizer(cfg["tokenizer"])
     T, B, A = cfg["block_size"], cfg["batch_size"], cfg["grad_accum"]
     probs = mixing(cfg, tok)
@@ -266,17 +266,17 @@ def train(config_file=None, **overrides):
     if model.config.block_size < T:
         raise ValueError(f"block_size {T} > the model's {model.config.block_size} (init_from={cfg['init_from']!r})")
     model.to(dev)
-    raw = model  # the plain module: saved, evaluated and measured (no _orig_mod. / module. prefixes)
-    optimizer = make_optimizer(model, cfg, "cuda" if c.cuda else "cpu")
+    module = model  # the GPT itself, not its compiled or DDP wrapper: saved, evaluated and measured
+    optimizer = make_optimizer(model, cfg, "cuda" if compute.cuda else "cpu")
     step, wall0 = 0, 0.0
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         step, wall0 = ckpt["step"], ckpt.get("wall_s", 0.0)
     del ckpt
-    if c.cuda if cfg["compile"] in (None, "auto") else cfg["compile"]:
+    if compute.cuda if cfg["compile"] in (None, "auto") else cfg["compile"]:
         model = torch.compile(model)
     if ddp:
-        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if c.cuda else None)
+        model = DDP(model, device_ids=[int(os.environ["LOCAL_RANK"])] if compute.cuda else None)
 
     def log(event):
         if rank == 0:
@@ -289,22 +289,20 @@ def train(config_file=None, **overrides):
         old = [json.loads(ln) for ln in open(log_path)] if step > 0 and os.path.exists(log_path) else []
         with atomic_open(log_path) as f:  # replaced whole: a crash here must not lose the log
             f.writelines(json.dumps(e) + "\n" for e in old if e.get("step", 0) <= step)
-        print(f"train: {raw.get_num_params() / 1e6:.2f}M params, {steps} steps of {tokens_per_step:,} tokens "
+        print(f"train: {module.get_num_params() / 1e6:.2f}M params, {steps} steps of {tokens_per_step:,} tokens "
               f"on {world}x {dev}{', resuming at step ' + str(step) if step else ''}", flush=True)
     log({"event": "start", "step": step, "steps": steps, "tokens_per_step": tokens_per_step, "world": world})
 
     def save(done, summary=None):
         # no random state to save: batches and dropout are re-seeded from (seed, step, micro, rank)
         if rank == 0:
-            save_checkpoint(ckpt_path, {
-                "model": raw.state_dict(), "optimizer": None if done else optimizer.state_dict(),  # done: not needed
-                "model_args": model_args(raw.config), "tokenizer": tok.name, "latent": cfg["latent"], "config": cfg,
-                "step": step, "steps_total": steps, "wall_s": wall0 + time.time() - t_start, "done": done,
-                "summary": summary})
+            save_checkpoint(ckpt_path, module, tok.name, cfg["latent"], cfg, step=step, steps_total=steps,
+                            optimizer=None if done else optimizer.state_dict(),  # done: not needed
+                            wall_s=wall0 + time.time() - t_start, done=done, summary=summary)
 
     val = {}
     if step == 0 and cfg["val_bins"]:
-        val = val_loss(raw, cfg, cfg["val_bins"], c.ctx, dev, rank, world)
+        val = val_loss(module, cfg, cfg["val_bins"], compute.ctx, dev, rank, world)
         log({"event": "eval", "step": 0, "tokens": 0, "val": val})
     end = min(steps, cfg["stop_after"]) if cfg["stop_after"] > 0 else steps
     speed = Speed(tokens_per_step, steps, step)
@@ -316,13 +314,13 @@ def train(config_file=None, **overrides):
         lr = lr_at(cfg, step, steps)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        loss, batch = train_step(model, optimizer, data, batch, cfg, c.ctx, ddp)
+        loss, batch = train_step(model, optimizer, data, batch, cfg, compute.ctx, ddp)
         loss_sum += loss
         step += 1
         if step % cfg["log_interval"] == 0 or step == end:
             loss_val = loss_sum.item() / (A * (step - speed.step))  # the sync point
             tps, eta = speed.tick(step)
-            mfu = estimate_mfu(raw, tps / world, T) if c.cuda else None
+            mfu = estimate_mfu(module, tps / world, T) if compute.cuda else None
             if rank == 0:
                 print(f"step {step}/{steps} | loss {loss_val:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | mfu "
                       f"{'-' if mfu is None else f'{100 * mfu:.1f}%'} | eta {eta / 60:.1f} min", flush=True)
@@ -331,7 +329,7 @@ def train(config_file=None, **overrides):
             loss_sum.zero_()
         t_pause = time.time()  # evaluation and checkpoints are not training time
         if cfg["val_bins"] and (step % cfg["eval_interval"] == 0 or step == steps):
-            val = val_loss(raw, cfg, cfg["val_bins"], c.ctx, dev, rank, world)
+            val = val_loss(module, cfg, cfg["val_bins"], compute.ctx, dev, rank, world)
             if rank == 0:
                 print(f"step {step}: val " + " | ".join(f"{k} {v:.4f}" for k, v in val.items()), flush=True)
             log({"event": "eval", "step": step, "tokens": step * tokens_per_step, "val": val})
@@ -340,12 +338,12 @@ def train(config_file=None, **overrides):
         speed.pause(time.time() - t_pause)
     tps = speed.steady()
     summary = {"tokens": step * tokens_per_step, "steps": step, "val": val, "wall_s": wall0 + time.time() - t_start,
-               "tokens_per_s": tps, "mfu": estimate_mfu(raw, tps / world, T) if c.cuda and tps else None,
+               "tokens_per_s": tps, "mfu": estimate_mfu(module, tps / world, T) if compute.cuda and tps else None,
                "ckpt": ckpt_path, "latent": cfg["latent"], "done": step >= steps}
     if step >= steps:
         save(True, summary)
         log({"event": "done", "step": step, **{k: summary[k] for k in ("tokens", "wall_s", "tokens_per_s", "mfu")}})
-    c.barrier()  # the checkpoint is complete before any rank returns
+    compute.barrier()  # the checkpoint is complete before any rank returns
     return summary
 
 
@@ -375,8 +373,6 @@ class Speed:
 
 
 if __name__ == "__main__":
-    summary = train(**parse_args(sys.argv[1:], DEFAULTS))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("summary: " + json.dumps(summary), flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()  # started by setup() in this process
+    summary = train(**command_line(sys.argv[1:], DEFAULTS))
+    print0("summary: " + json.dumps(summary), flush=True)
+    teardown()

@@ -1,7 +1,7 @@
 """
 Decoding beside Hugging Face, in one run (not a test): tokens/s of GPT.generate (temperature-1 sampling with the
 log-prob of every token, as the E-step calls it) against transformers' generate on a GPT2LMHeadModel holding the
-same weights (written by model.export_hf), with a dynamic and a static cache, with and without the per-token
+same weights (written by hf.export_hf), with a dynamic and a static cache, with and without the per-token
 scores (output_scores, then compute_transition_scores for the log-probs ours returns). Same prompts, same
 threads; the variants take turns, repeatedly, and each reports its median.
 
@@ -24,7 +24,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import GPT, GPTConfig, export_hf  # noqa: E402
+from hf import export_hf  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 try:
     from transformers import GPT2LMHeadModel

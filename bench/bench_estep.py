@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.files import chunk_rows, write_jsonl  # noqa: E402
 from data.tokenizer import get_tokenizer  # noqa: E402
-from model import GPT, GPTConfig, model_args, save_checkpoint  # noqa: E402
+from common import save_checkpoint  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 from sample_thoughts import sample_thoughts  # noqa: E402
 
 p = argparse.ArgumentParser()
@@ -64,8 +65,7 @@ with tempfile.TemporaryDirectory() as tmp:
             cfg = GPTConfig(block_size=256, vocab_size=V, n_layer=2, n_head=2, n_embd=64)
         torch.manual_seed(0)
         ckpt = os.path.join(tmp, "random.pt")
-        save_checkpoint(ckpt, {"model": GPT(cfg).state_dict(), "model_args": model_args(cfg), "tokenizer": tok_name,
-                               "latent": True})
+        save_checkpoint(ckpt, GPT(cfg), tok_name, latent=True, config={})
     chunks = args.chunks
     if not chunks:
         chunks = os.path.join(tmp, "chunks.jsonl")

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.files import BinWriter  # noqa: E402
-from model import estimate_mfu, flops_per_token  # noqa: E402
+from common import estimate_mfu, flops_per_token  # noqa: E402
 from train import batches, build_model, make_optimizer, resolve, train_step  # noqa: E402
 
 p = argparse.ArgumentParser()

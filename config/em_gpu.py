@@ -1,6 +1,6 @@
 # The preset em.py applies by itself on a machine with a GPU (python em.py --iters 3): a larger world (all five
 # problem families, problems of up to four steps, four times the documents) and a larger model, for the same
-# three findings with larger effects. Sized for about 15 minutes on one H100; not yet measured on a GPU (README).
+# three findings with larger effects. Sized for about 15 minutes on one H100; not yet measured on a GPU.
 n_docs = 8000
 families = ("chain", "total", "linear", "word", "poly")
 max_level = 3

@@ -1,6 +1,6 @@
-# The paper's setting on one GPU (method.md): TinyLlama-1.1B (config/train_tinyllama.py) continued pretraining on
-# your corpus, prepared with TinyLlama's own tokenizer and given warm-start thoughts by a teacher (README, "Real
-# corpora and your own teacher"):
+# The paper's setting on one GPU (docs/method.md, The official code's settings): TinyLlama-1.1B
+# (config/train_tinyllama.py) continued pretraining on your corpus, prepared with TinyLlama's own tokenizer and
+# given warm-start thoughts by a teacher (docs/real_corpora.md, "Real corpora and your own teacher"):
 #     python -m data.prepare corpus my_math/*.jsonl.gz --out_dir=runs/tinyllama/data \
 #         --tokenizer=models/TinyLlama-1.1B/tokenizer.json
 #     python -m data.teacher ...  &&  python -m data.prepare warm --dir=runs/tinyllama/data --thoughts=...

@@ -5,7 +5,7 @@
 # step (its warm start; its bootstrap M-steps use 192: --grad_accum=16). Per GPU: 12 x 2048 tokens per micro-step
 # (the official value for an 80 GB GPU). Not yet run here: no time or memory figure has been measured.
 #     python train.py config/train_tinyllama.py --train_bins="['runs/tinyllama/data/warm_aug.bin']" --max_tokens=...
-#     python em.py config/em_tinyllama.py                       # the whole method (README, "The paper's setting")
+#     python em.py config/em_tinyllama.py                       # the whole method (docs/real_corpora.md)
 _MODEL = "models/TinyLlama-1.1B"
 init_from = _MODEL
 tokenizer = _MODEL + "/tokenizer.json"   # data/llama_tokenizer.py: its ids, then the four latent tokens

@@ -256,7 +256,8 @@ def read_chunks(path):
 
 
 def chunk_prefix(doc, i, n_prefix):
-    """method.md: the prefix of chunk i is the text of the previous n_prefix chunks (1 warm start, 3 bootstrap)."""
+    """The prefix of chunk i is the text of the previous n_prefix chunks (docs/method.md, The latent format:
+    1 in the warm start, 3 when bootstrapping)."""
     return "".join(c["text"] for c in doc[max(0, i - n_prefix):i])
 
 
@@ -277,7 +278,7 @@ def doc_seed(seed, doc):
 
 def build_augmented_bin(tok, chunks_path, thoughts_path, out_path, seed):
     """
-    THE one function that writes thought-augmented bins (method.md, M-step data): for every document of the chunk
+    THE one function that writes thought-augmented bins (docs/method.md, M-step): for every document of the chunk
     file, each chunk with its thought in prior or posterior order by a seeded fair coin, documents separated by
     <|endoftext|>. The warm start (teacher thoughts) and every E-step (inferred thoughts) go through here.
     A chunk without a thought is an error: dropping it would silently change the corpus.

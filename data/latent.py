@@ -1,5 +1,6 @@
 """
-The latent format of method.md, defined once. Every stage formats thoughts by calling these functions.
+The latent format (docs/method.md, The latent format), defined once. Every stage formats thoughts by calling
+these functions.
 
 A document is split into chunks X_1..X_n; each chunk carries a thought Z_i, written in one of two orders
 chosen by a fair coin per chunk (the paper's "random" latent type):
@@ -13,6 +14,15 @@ control tokens come only from here. Chunk texts are contiguous slices of their d
 document's chunks gives it back exactly; no spaces are added around the special tokens.
 """
 import numpy as np
+
+# the special tokens, here and nowhere else: every tokenizer (data/tokenizer.py, data/llama_tokenizer.py) gives
+# them ids, and only the functions below put them into a sequence
+EOT = "<|endoftext|>"  # the document separator (a Llama tokenizer uses its own </s> for it)
+SOL = "<|START_OF_LATENT|>"
+EOL = "<|END_OF_LATENT|>"
+PRIOR = "<|PRIOR_PREFIX|>"
+POSTERIOR = "<|POSTERIOR_PREFIX|>"
+SPECIALS = [EOT, SOL, EOL, PRIOR, POSTERIOR]
 
 
 def open_prior(tok):
@@ -56,8 +66,8 @@ def raw_document(tok, text):
 
 def fit_context(tok, prefix, x, max_tokens):
     """
-    Token ids of (prefix, chunk) with len(prefix) + len(chunk) <= max_tokens. method.md: if prompt + thought
-    would exceed the context, the prefix is truncated first (its oldest tokens go), then the chunk (its tail
+    Token ids of (prefix, chunk) with len(prefix) + len(chunk) <= max_tokens (docs/method.md, E-step 1): if
+    prompt + thought would exceed the context, the prefix is truncated first (its oldest tokens go), then the chunk (its tail
     goes). The posterior prompt and the joint sequence both call this, so they see the same P and X.
     """
     p, xs = tok.encode(prefix) if prefix else [], tok.encode(x)
@@ -111,7 +121,7 @@ def thought_stop_token(tok):
     return tok.eol
 
 
-# ----- evaluation prompts (method.md, Evaluation) -----
+# ----- evaluation prompts (docs/method.md, Evaluation) -----
 # Both start with <|endoftext|>, the start-of-document context every training document has.
 # raw models:    "Problem:\n{problem}\n{solution}\n\n" exemplars, then "Problem:\n{problem}\n"
 # latent models: "Problem:\n{problem}\n<SOL><PRIOR>{thought}<EOL>Final Answer: {answer}\n\n" exemplars, then

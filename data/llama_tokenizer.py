@@ -17,7 +17,7 @@ made of. The document separator (`eot`) is the model's end-of-sequence token, "<
 import heapq
 import json
 
-from data.tokenizer import SPECIALS
+from data.latent import SPECIALS
 
 SPACE = "\u2581"  # ▁
 

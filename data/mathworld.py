@@ -12,7 +12,7 @@ Every document is a few such problems, chunked so that a problem and its result 
     chunk i:    "Final Answer: {a_i}\n\nProblem:\n{p_i+1}\n"
     last chunk: "Final Answer: {a_n}\n\n"
 
-method.md (Evaluation) explains why: the prior-order thought of chunk i then sits right after problem i and
+docs/method.md, Evaluation explains why: the prior-order thought of chunk i then sits right after problem i and
 before its answer, exactly where the latent evaluation prompt "Problem:\n{p}\n<SOL><PRIOR>" opens one.
 
 For each chunk the generator also writes the gold latent thought, the skipped steps in one explicit style:
@@ -25,14 +25,39 @@ saved apart and used ONLY to measure how often the E-step recovers a thought wit
 teacher_error_rate makes the teacher imperfect: that fraction of derivations gets one wrong step, propagated.
 
     python -m data.mathworld --show 2         # print two documents, raw and thought-augmented
+    python -m data.mathworld --write_tokenizer   # fit data/mathworld.tiktoken again (after changing the world)
 """
+import argparse
 import json
 import math
 import os
 import re
+import shutil
 import sys
+import time
 
 import numpy as np
+
+from data.files import (build_augmented_bin, build_raw_bin, check_settings, read_meta, update_meta, write_chunks,
+                        write_json, write_jsonl)
+from data.latent import augmented_document, show
+from data.tokenizer import DIGITS_PAT, MATHWORLD_BPE, fit_bpe, get_tokenizer, save_bpe
+
+# the embedded corpus's settings, here and nowhere else: em.py's config block and this module's command line
+# read them (generate's own defaults are the generator's whole range: every default family, up to level 3)
+WORLD = dict(
+    n_docs=2000,                          # warm start + bootstrap documents
+    problems_per_doc=(3, 5),              # problems per document (min, max)
+    families=("chain", "total", "word"),  # problem families (FAMILIES)
+    max_level=2,                          # problems have 2 to max_level + 1 steps
+    warm_max_level=0,                     # > 0: the warm-start split's problems have at most warm_max_level + 1 steps
+    warm_long_share=0.0,                  # with warm_max_level: this share of warm problems comes from every level
+    n_eval=500,                           # held-out problems in eval.jsonl and in valid.jsonl (each)
+    warm_fraction=0.2,                    # the share of documents with teacher thoughts
+    teacher_error_rate=0.0,               # the fraction of teacher thoughts with a wrong step
+)
+KNOBS = ("problems_per_doc", "families", "max_level", "warm_max_level", "warm_long_share", "n_eval",
+         "teacher_error_rate")  # generate's
 
 NAMES = ["Ann", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eva", "Tom"]
 ITEMS = ["apples", "pens", "cards", "coins", "books", "shells", "stamps", "marbles"]
@@ -235,8 +260,8 @@ def background(seed, n_docs, families=None, max_level=3, exclude=()):
         Problem:
         Solve 3x+2=11.
         Solution: 11-2=9; 9/3=3 => 3
-    It stands for what a pretrained LM knows before the paper's continued pretraining (method.md: every run
-    restarts from a pretrained base): arithmetic, and that a worked solution copies numbers out of its problem.
+    It stands for what a pretrained LM knows before the paper's continued pretraining (every run restarts from a
+    pretrained base: docs/method.md, The official code's settings): arithmetic, and that a worked solution copies numbers out of its problem.
     Which steps the corpus's own problems need ("double", "buys 3 bags of 4") it has never seen: that is what
     the corpus's thoughts teach.
     """
@@ -260,14 +285,20 @@ def tokenizer_text(seed=12345, n_docs=1000):
         background(seed, n_docs // 4)
 
 
+def write_tokenizer(path=MATHWORLD_BPE):
+    """Fit the "mathworld" tokenizer's merges to tokenizer_text and write them where data/tokenizer.py reads them."""
+    save_bpe(path, fit_bpe(tokenizer_text(), TOKENIZER_MERGES, DIGITS_PAT))
+    return path
+
+
 def math_row(p):
     """A held-out problem in MATH's jsonl shape (the solution ends in \\boxed{answer}), for eval_math.py."""
     return {"problem": p["problem"], "solution": f"{p['gold_thought']}. The answer is $\\boxed{{{p['answer']}}}$.",
             "answer": p["answer"], "family": p["family"], "level": p["level"]}
 
 
-def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tokenizer="mathworld", n_valid=500,
-            n_background_docs=4000, **knobs):
+def prepare(out_dir, seed=0, n_docs=WORLD["n_docs"], n_val_docs=200, warm_fraction=WORLD["warm_fraction"],
+            tokenizer="mathworld", n_valid=WORLD["n_eval"], n_background_docs=4000, **knobs):
     """
     Write the embedded corpus's splits into out_dir (skipped when already complete with the same settings):
       warm.*   warm-start documents with the teacher's thoughts: chunks, thoughts, raw and augmented bins
@@ -280,11 +311,8 @@ def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tok
     Everything is built in out_dir/.partial and moved into out_dir with meta.json last, so a directory with a
     meta.json is complete and a killed preparation simply starts again.
     """
-    import shutil
-    from data.files import (build_augmented_bin, build_raw_bin, check_settings, read_meta, update_meta, write_chunks,
-                            write_json, write_jsonl)
-    from data.tokenizer import get_tokenizer
 
+    knobs = {**knobs, **{k: WORLD[k] for k in KNOBS if k not in knobs}}  # the world's defaults, WORLD
     settings = dict(seed=seed, n_docs=n_docs, n_val_docs=n_val_docs, warm_fraction=warm_fraction,
                     tokenizer=tokenizer, n_valid=n_valid, n_background_docs=n_background_docs, **knobs)
     meta = read_meta(out_dir)
@@ -329,19 +357,23 @@ def prepare(out_dir, seed=0, n_docs=2000, n_val_docs=200, warm_fraction=0.2, tok
 
 
 def main(argv):
-    import argparse
-    from data.latent import augmented_document, show
-    from data.tokenizer import get_tokenizer
     ap = argparse.ArgumentParser(description="Generate or look at the embedded math corpus.")
     ap.add_argument("--show", type=int, default=0, help="print N documents, raw and with thoughts")
     ap.add_argument("--out_dir", default="", help="prepare the corpus into this directory")
+    ap.add_argument("--write_tokenizer", action="store_true",
+                    help=f"fit the mathworld tokenizer's merges again and write {os.path.relpath(MATHWORLD_BPE)}")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n_docs", type=int, default=2000)  # as em.py
-    ap.add_argument("--teacher_error_rate", type=float, default=0.0)
-    ap.add_argument("--families", default="chain,total,word", help="comma-separated (as em.py's default)")
-    ap.add_argument("--max_level", type=int, default=2)  # as em.py
-    ap.add_argument("--warm_fraction", type=float, default=0.2)  # as em.py
+    for key in ("n_docs", "max_level", "warm_max_level", "warm_long_share", "n_eval", "warm_fraction",
+                "teacher_error_rate"):
+        ap.add_argument(f"--{key}", type=type(WORLD[key]), default=WORLD[key])
+    ap.add_argument("--families", default=",".join(WORLD["families"]),
+                    help=f"comma-separated, of {', '.join(FAMILIES)}")
     args = ap.parse_args(argv)
+    unknown = sorted(set(args.families.split(",")) - set(FAMILIES))
+    if unknown:
+        ap.error(f"--families: unknown {', '.join(unknown)} (known: {', '.join(FAMILIES)})")
+    if args.write_tokenizer:
+        print(f"wrote {write_tokenizer()}")
     world = dict(families=tuple(args.families.split(",")), max_level=args.max_level)
     if args.show:
         tok = get_tokenizer("mathworld")
@@ -351,10 +383,10 @@ def main(argv):
             ids = augmented_document(tok, [c["text"] for c in doc], [c["thought"] for c in doc], (args.seed, i))
             print(f"===== document {i}, thought-augmented =====\n" + show(tok, ids) + "\n")
     if args.out_dir:
-        import time
         t0 = time.time()
         meta = prepare(args.out_dir, args.seed, args.n_docs, warm_fraction=args.warm_fraction,
-                       teacher_error_rate=args.teacher_error_rate, problems_per_doc=(3, 5), **world)
+                       teacher_error_rate=args.teacher_error_rate, warm_max_level=args.warm_max_level,
+                       warm_long_share=args.warm_long_share, n_eval=args.n_eval, n_valid=args.n_eval, **world)
         secs, mb = time.time() - t0, sum(os.path.getsize(os.path.join(args.out_dir, f"{s}.chunks.jsonl"))
                                          for s in ("warm", "boot", "val")) / 1e6
         print(json.dumps(meta, indent=1))

@@ -63,8 +63,8 @@ def split_sentences(text):
 
 
 def chunk_document(text, mean_sentences=8, max_sentences=20, max_chunk_chars=4000):
-    """method.md's chunking: a chunk is Poisson(mean - 1) + 1 sentences (at most max_sentences), drawn with a seed
-    derived from the text, so the same document is always chunked the same way. A chunk longer than
+    """Chunking (docs/method.md, The latent format): a chunk is Poisson(mean - 1) + 1 sentences (at most
+    max_sentences), drawn with a seed derived from the text, so the same document is always chunked the same way. A chunk longer than
     max_chunk_chars is split further at whitespace. The chunks joined give back the text exactly."""
     sents = split_sentences(text)
     rng = np.random.default_rng(zlib.crc32(text.encode("utf-8", "replace")))
@@ -293,7 +293,7 @@ def join_thoughts(chunks_path, thoughts_path, out_path):
 
 def prepare_warm_start(directory, thoughts_path, val_thoughts_path=None, seed=0):
     """
-    Warm start (method.md): a teacher's thoughts for the warm split -> warm.thoughts.jsonl and warm_aug.bin;
+    Warm start (docs/method.md, Warm start): a teacher's thoughts for the warm split -> warm.thoughts.jsonl and warm_aug.bin;
     thoughts for the val split, if given -> val.thoughts.jsonl and val_aug.bin. The tokenizer is the directory's.
     """
     meta = read_meta(directory)
@@ -319,7 +319,7 @@ def prepare_gsm8k(train, out_dir, test=None, tokenizer="gpt2", warm_fraction=0.2
     """
     GSM8K's train split as a prepared directory, its own worked solutions playing the teacher. Each problem is a
     document of two chunks, "Problem:\n{question}\n" | "Final Answer: {N}\n", so that the problem and its result
-    fall in different chunks (method.md, Evaluation): the thought of the answer chunk, the worked solution, then
+    fall in different chunks (docs/method.md, Evaluation): the thought of the answer chunk, the worked solution, then
     sits where the latent evaluation prompt opens one. The solutions of the boot split become boot.gold.jsonl.
     eval.jsonl is a copy of test; exemplars.jsonl the first n_exemplars training rows in the shape eval_math.py
     reads for both prompt styles.

@@ -1,5 +1,5 @@
 """
-The warm-start teacher (method.md, Warm start): a strong model served behind any OpenAI-compatible
+The warm-start teacher (docs/method.md, Warm start): a strong model served behind any OpenAI-compatible
 chat-completions endpoint (vLLM, llama.cpp's server, an API) writes the thought of every chunk of a chunk file,
 reading the previous chunk as context, as GPT-4o-mini does in the paper.
 
@@ -33,7 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from tqdm import tqdm
 
 from data.files import chunk_prefix, read_chunks, read_jsonl, write_jsonl
-from data.tokenizer import SPECIALS
+from data.latent import SPECIALS
 
 SYSTEM = ("You restore the thinking that a text leaves out. Its author knew background facts and worked through "
           "steps that the text never writes down; a reader has to supply them to follow it. You are shown the "
@@ -139,7 +139,7 @@ def run_teacher(chunks, out, base_url, model, api_key=None, concurrency=8, max_t
                 timeout=120.0, retries=6, backoff=1.0, max_failures=10):
     """Thoughts for every chunk of the chunk file, into out (see the module docstring). Returns a summary."""
     docs = read_chunks(chunks)
-    # method.md, Warm start: the teacher sees the previous 1 chunk
+    # docs/method.md, Warm start: the teacher sees the previous 1 chunk
     work = [(c["id"], teacher_messages(chunk_prefix(doc, i, 1), c["text"])) for doc in docs for i, c in enumerate(doc)]
     order = [i for i, _ in work]
     partial, failed_path = out + ".partial", out + ".failed.jsonl"

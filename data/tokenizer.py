@@ -1,11 +1,13 @@
 """
-Tokenizers, built with tiktoken, that know the four latent special tokens of method.md.
+Tokenizers, built with tiktoken, that know the four latent special tokens of data/latent.py
+(docs/method.md, The latent format).
 
     byte : the 256 byte values + special tokens. Nothing to download; the default for the embedded corpus.
-    mathworld : BPE merges learned on the embedded corpus's own text (data/mathworld.py: tokenizer_text) on top
-           of the 256 bytes, digits kept apart (DIGITS_PAT): every word of that world is one token, so documents
-           are about half as long as in bytes (cheaper training, decoding and scoring alike). Fitted in well under
-           a second, deterministically, whenever it is first asked for.
+    mathworld : BPE merges learned on the embedded corpus's own text on top of the 256 bytes, digits kept apart
+           (DIGITS_PAT): every word of that world is one token, so documents are about half as long as in bytes
+           (cheaper training, decoding and scoring alike). The merges are the file data/mathworld.tiktoken, which
+           `python -m data.mathworld --write_tokenizer` fits again from the world's text (tests check the two
+           agree); a file, so that this registry knows no data set.
     PATH.tiktoken : BPE merges fitted to your own corpus (`python -m data.prepare ... --tokenizer=fit`), stored
            in a file of the prepared directory (base64 token, rank per line, tiktoken's format), digits kept apart
            as in mathworld. Its name is the file's absolute path, so checkpoints and bins record where it lives.
@@ -26,12 +28,9 @@ from functools import lru_cache
 import regex
 import tiktoken
 
-EOT = "<|endoftext|>"
-SOL = "<|START_OF_LATENT|>"
-EOL = "<|END_OF_LATENT|>"
-PRIOR = "<|PRIOR_PREFIX|>"
-POSTERIOR = "<|POSTERIOR_PREFIX|>"
-SPECIALS = [EOT, SOL, EOL, PRIOR, POSTERIOR]
+from data.files import atomic_open
+from data.latent import EOL, EOT, POSTERIOR, PRIOR, SOL, SPECIALS
+from data.llama_tokenizer import LlamaTokenizer
 
 # the hashes tiktoken_ext.openai_public pins for GPT-2's two files
 GPT2_VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -40,6 +39,7 @@ GPT2_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\
 # mathworld: GPT-2's pieces, except that every digit is a piece of its own and never carries a space (as Llama's
 # tokenizer splits digits): "7" reads the same in " add 7" and in "7+5=12", so copying a number from a problem
 # into a thought is copying the same tokens, and arithmetic stays digit by digit
+MATHWORLD_BPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mathworld.tiktoken")
 DIGITS_PAT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
@@ -118,7 +118,6 @@ def fit_bpe(texts, n_merges, pat=GPT2_PAT):
 
 def save_bpe(path, ranks):
     """Write fitted ranks in tiktoken's file format: one "base64(token) rank" per line, in rank order."""
-    from data.files import atomic_open  # imported here: data.files needs nothing of this module, nor it of that
     with atomic_open(path) as f:
         f.writelines(f"{base64.b64encode(t).decode()} {r}\n" for t, r in sorted(ranks.items(), key=lambda x: x[1]))
 
@@ -155,15 +154,13 @@ def get_tokenizer(name):
 @lru_cache(maxsize=None)
 def _get_tokenizer(name, stamp=None):
     if name.endswith("tokenizer.json"):  # a Llama 1/2-family tokenizer (TinyLlama, the paper's base)
-        from data.llama_tokenizer import LlamaTokenizer
         return LlamaTokenizer(name)
     if name == "byte":
         ranks = {bytes([i]): i for i in range(256)}
         pat = GPT2_PAT  # no merges exist, so every byte is its own token; the pattern only splits pieces
         specials = {s: 256 + i for i, s in enumerate(SPECIALS)}
     elif name == "mathworld":
-        from data.mathworld import TOKENIZER_MERGES, tokenizer_text
-        ranks, pat = fit_bpe(tokenizer_text(), TOKENIZER_MERGES, DIGITS_PAT), DIGITS_PAT
+        ranks, pat = load_bpe(MATHWORLD_BPE), DIGITS_PAT
         specials = {s: len(ranks) + i for i, s in enumerate(SPECIALS)}
     elif name == "gpt2":
         ranks, pat = _gpt2_ranks(), GPT2_PAT

@@ -1,4 +1,5 @@
 """The command line: --key=value, --key value, --flag, nearest-key hints, --help with comments."""
+import os
 import subprocess
 import sys
 
@@ -6,6 +7,7 @@ import pytest
 
 from configurator import help_text, parse_args
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULTS = {"iters": 3, "run_dir": "runs/default", "force": False, "lr": 0.1, "train_overrides": {}}
 
 
@@ -45,3 +47,35 @@ def test_every_script_prints_help(script):
     out = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage: python" in out.stdout and "--" in out.stdout
+
+
+@pytest.mark.parametrize("argv, preset", [
+    ([], True), (["--gpu_preset=False"], False), (["--gpu_preset", "False"], False), (["--gpu_preset", "false"], False),
+    (["--gpu_preset", "True"], True), (["--train_config", "config/train_cpu_smoke.py"], True),
+    (["config/em_cpu_smoke.py"], False)])
+def test_the_gpu_preset_follows_the_parsed_settings(argv, preset, monkeypatch):
+    """On a GPU em.py applies config/em_gpu.py unless gpu_preset parses as False (either spelling) or a config file
+    is given; a --key's value ending in .py is a value, not a config file."""
+    import em
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    cfg, _, _ = em.configure(argv)
+    assert (cfg["n_docs"] == 8000 and cfg["K"] == 8) == preset, (argv, cfg["n_docs"], cfg["K"])
+
+
+@pytest.mark.parametrize("cmd, says", [
+    (["em.py", "--itres", "3"], "did you mean --iters?"),
+    (["em.py", "--iters=three"], "--iters must be int"),
+    (["sample_thoughts.py", "--K=0", "--ckpt=x.pt", "--chunks=y.jsonl"], "K (thoughts sampled per chunk)"),
+    (["train.py", "--batch_sise=4"], "did you mean --batch_size?"),
+    (["eval_math.py", "--n_shots=2"], "did you mean --n_shot?"),
+    (["eval_math.py"], "usage: python eval_math.py"),
+    (["-m", "hf", "export", "--ckpt=x.pt"], "usage: python -m hf export"),
+    (["-m", "report", "/nonexistent/run"], "neither results.json nor invocations.jsonl"),
+    (["-m", "data.mathworld", "--families=chain,nope"], "unknown nope")])
+def test_a_bad_setting_prints_one_line_and_no_traceback(cmd, says):
+    out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    # one line; argparse's scripts (report, data/*) put their usage line(s) above it
+    assert len([ln for ln in out.stderr.splitlines() if not ln.startswith(("usage: ", " "))]) <= 1, out.stderr

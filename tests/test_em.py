@@ -100,12 +100,12 @@ def test_a_finished_stage_is_not_served_for_other_settings(full_run):
 
 
 def test_report_replaces_results_whole(tmp_path):
-    from em import report
+    from report import write_results
     d = tmp_path / "run"
     d.mkdir()
     (tmp_path / "old.md").write_text("the old table\n")
     os.link(tmp_path / "old.md", d / "results.md")  # a second name: an in-place rewrite would change it too
-    report({"run_dir": str(d), "iters": 0, "K": 2, "selection": "importance", "continue_from_previous": False})
+    write_results({"run_dir": str(d), "iters": 0, "K": 2, "selection": "importance", "continue_from_previous": False})
     assert (tmp_path / "old.md").read_text() == "the old table\n"
     assert "| run |" in (d / "results.md").read_text()
     assert sorted(os.listdir(d)) == ["report.html", "results.json", "results.md"]

@@ -9,8 +9,10 @@ import eval_math
 from conftest import SHARED_DATA
 from data.files import write_jsonl
 from data.tokenizer import get_tokenizer
-from eval_math import evaluate, extract_answer, grade, is_equiv
-from model import GPT, GPTConfig, model_args, save_checkpoint
+from common import save_checkpoint
+from eval_math import evaluate
+from grader import extract_answer, grade, is_equiv
+from model import GPT, GPTConfig
 
 MATH500 = os.path.join(SHARED_DATA, "math500", "test.jsonl")
 GSM8K = os.path.join(SHARED_DATA, "gsm8k", "test.jsonl")
@@ -79,8 +81,7 @@ def tiny_ckpt(path, latent):
     tok = get_tokenizer("byte")
     torch.manual_seed(0)
     m = GPT(GPTConfig(block_size=256, vocab_size=tok.n_vocab, n_layer=1, n_head=2, n_embd=32))
-    save_checkpoint(path, {"model": m.state_dict(), "model_args": model_args(m.config), "tokenizer": "byte",
-                           "latent": latent})
+    save_checkpoint(path, m, "byte", latent, config={})
     return path
 
 

@@ -14,7 +14,9 @@ transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (optional: pip install transformers safetensors); "
                            "tests/test_model.py checks the same loaders and exporter against hand-written weights")
 
-from model import GPT, GPTConfig, export_hf, model_args, save_checkpoint  # noqa: E402
+from common import load_checkpoint, save_checkpoint  # noqa: E402
+from hf import export_hf, from_pretrained  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 V = 300  # the checkpoints' vocabulary; ours adds the four latent tokens
@@ -60,7 +62,7 @@ FAMILIES = ["gpt2", "llama", "llama-tied"]
 def test_hf_checkpoint_loads_and_exports_back(tmp_path, family):
     hf = hf_model(family)
     hf.save_pretrained(tmp_path / "hf", safe_serialization=True)
-    ours = GPT.from_pretrained(str(tmp_path / "hf"), TOK).eval()
+    ours = from_pretrained(str(tmp_path / "hf"), TOK).eval()
     assert ours.config.tie_embeddings == (family != "llama")
     ids = torch.randint(0, V, (3, 40), generator=torch.Generator().manual_seed(1))
     logits_equal(ours, hf, ids)
@@ -85,17 +87,17 @@ def test_sharded_and_bf16_llama_checkpoints_load(tmp_path):
     assert os.path.exists(tmp_path / "shards" / "model.safetensors.index.json")
     assert len([f for f in os.listdir(tmp_path / "shards") if f.endswith(".safetensors")]) > 1
     ids = torch.randint(0, V, (2, 30), generator=torch.Generator().manual_seed(2))
-    logits_equal(GPT.from_pretrained(str(tmp_path / "shards"), TOK).eval(), hf, ids)
+    logits_equal(from_pretrained(str(tmp_path / "shards"), TOK).eval(), hf, ids)
     # bfloat16 files: compared with transformers reading the same file as float32 (a bfloat16 model cast back to
     # float32 would keep its rotary frequencies rounded to bfloat16)
     hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16", safe_serialization=True)
-    logits_equal(GPT.from_pretrained(str(tmp_path / "bf16"), TOK).eval(), hf_load(str(tmp_path / "bf16")), ids)
+    logits_equal(from_pretrained(str(tmp_path / "bf16"), TOK).eval(), hf_load(str(tmp_path / "bf16")), ids)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "neox"])
 @pytest.mark.parametrize("tok_name", ["byte", "gpt2", "mathworld"])
 def test_trained_checkpoint_exports_to_transformers(tmp_path, family, tok_name):
-    """A few training steps here, saved as a checkpoint, exported by `python -m model export`, loaded by
+    """A few training steps here, saved as a checkpoint, exported by `python -m hf export`, loaded by
     transformers: equal logits, and the tokenizer encodes as ours does."""
     from data.tokenizer import get_tokenizer
     tok = get_tokenizer(tok_name)
@@ -118,9 +120,9 @@ def test_trained_checkpoint_exports_to_transformers(tmp_path, family, tok_name):
         opt.step()
     model.eval()
     ckpt = str(tmp_path / "ckpt.pt")
-    save_checkpoint(ckpt, {"model": model.state_dict(), "model_args": model_args(model.config), "tokenizer": tok_name})
+    save_checkpoint(ckpt, model, tok_name, latent=False, config={})
     out = str(tmp_path / "hf")
-    subprocess.run([sys.executable, "-m", "model", "export", f"--ckpt={ckpt}", f"--out={out}"], cwd=ROOT, check=True,
+    subprocess.run([sys.executable, "-m", "hf", "export", f"--ckpt={ckpt}", f"--out={out}"], cwd=ROOT, check=True,
                    capture_output=True)
     hf = hf_load(out)
     assert type(hf).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
@@ -166,9 +168,8 @@ def test_the_papers_setting_in_miniature_llama_weights_and_tokenizer_in_and_out(
               tokenizer=tok.name, block_size=64, batch_size=4, max_steps=3, learning_rate=1e-3, eval_interval=100,
               log_interval=1)
     out = str(tmp_path / "hf")
-    subprocess.run([sys.executable, "-m", "model", "export", f"--ckpt={s['ckpt']}", f"--out={out}"], cwd=ROOT,
+    subprocess.run([sys.executable, "-m", "hf", "export", f"--ckpt={s['ckpt']}", f"--out={out}"], cwd=ROOT,
                    check=True, capture_output=True)
-    from model import load_checkpoint
     ours, _ = load_checkpoint(s["ckpt"])
     hf = hf_load(out)
     assert type(hf).__name__ == "LlamaForCausalLM" and hf.config.vocab_size == tok.n_vocab

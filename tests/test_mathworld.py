@@ -81,17 +81,17 @@ def test_augmented_bin_shows_both_latent_orders(tmp_path):
 def test_a_killed_preparation_starts_again_and_ends_the_same(tmp_path, monkeypatch):
     """A kill in the middle of prepare (here: an error in the third bin) leaves no meta.json, so the rerun with
     the same settings prepares the directory again instead of refusing it, and ends byte-identical."""
-    import data.files
+    import data.mathworld
     whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
     prepare(whole, seed=5, **KNOBS)
-    real, calls = data.files.build_raw_bin, []
+    real, calls = data.mathworld.build_raw_bin, []
 
     def dies_on_third(*a, **kw):
         calls.append(a)
         if len(calls) == 3:
             raise KeyboardInterrupt("killed")
         return real(*a, **kw)
-    monkeypatch.setattr(data.files, "build_raw_bin", dies_on_third)
+    monkeypatch.setattr(data.mathworld, "build_raw_bin", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         prepare(cut, seed=5, **KNOBS)
     assert not os.path.exists(os.path.join(cut, "meta.json"))
@@ -122,3 +122,27 @@ def test_mathworld_tokenizer_keeps_digits_apart_and_words_whole():
     assert tok.decode(tok.encode(text)) == text and tok.eol not in tok.encode(text)
     assert len(tok.encode("Start at 7, add 5, double, then subtract 3.")) < len(get_tokenizer("byte").encode(
         "Start at 7, add 5, double, then subtract 3.")) / 2
+
+
+def test_the_mathworld_tokenizer_file_is_the_fit_of_the_worlds_text(tmp_path):
+    """data/mathworld.tiktoken is what write_tokenizer fits from tokenizer_text: change the world, fit it again
+    (python -m data.mathworld --write_tokenizer)."""
+    from data.mathworld import write_tokenizer
+    from data.tokenizer import MATHWORLD_BPE
+    fresh = write_tokenizer(str(tmp_path / "fit.tiktoken"))
+    assert open(fresh).read() == open(MATHWORLD_BPE).read()
+
+
+def test_steps_valid_tells_a_derivation_from_a_copied_result():
+    from data.mathworld import steps_valid
+    problem = "Start at 5, subtract 2, add 7, add 4, then triple.\n"
+    assert steps_valid("5-2=3; 3+7=10; 10+4=14; 14*3=42 => 42", problem)
+    assert not steps_valid("5-2=3; 3+7=10; 10+4=14; 14*3=41 => 42", problem)  # a wrong step
+    assert not steps_valid("5-2=3; 3+7=10 => 42", problem)  # the result copied over too few steps
+    assert not steps_valid("9+1=10 => 10", problem)  # 9 is not a number of the problem
+    assert not steps_valid("5*9=45 => 45", problem)  # 9 is not a number of the problem either
+    assert not steps_valid("Exercises.", problem)
+    docs, _, _ = generate(3, 40, max_level=4, families=["chain", "word", "total"], n_eval=0)
+    for doc in docs:  # every gold derivation of the world passes on the problem it derives
+        for prev, chunk in zip(doc, doc[1:]):
+            assert steps_valid(chunk["gold"], prev["text"].rsplit("Problem:", 1)[-1])

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, export_hf, load_checkpoint, save_checkpoint, peak_flops, estimate_mfu
+from common import estimate_mfu, load_checkpoint, peak_flops, save_checkpoint
+from hf import _read_safetensors, _write_safetensors, export_hf, from_pretrained
+from model import GPT, GPTConfig
 
 V = 70  # not a multiple of 64: exercises the padded embedding rows
 # Llama's switches; 4 query heads share 2 key/value heads, and the MLP width is not 4 * n_embd
@@ -86,9 +88,9 @@ def test_compaction_mid_decode_equals_uncached(family, compile_step, monkeypatch
     stop = set(range(V)) - set(reference_greedy(m, prompts[1], 30)[0])
     shapes, step = [], GPT.decode_step
 
-    def recording_step(self, tok, pad, cache):
-        shapes.append((tuple(tok.shape), tuple(pad.shape), tuple(cache.k.shape), cache.width))
-        return step(self, tok, pad, cache)
+    def recording_step(self, tok, pad, cache, col):
+        shapes.append((tuple(tok.shape), tuple(pad.shape), tuple(cache.k.shape), cache.width(col, 1)))
+        return step(self, tok, pad, cache, col)
 
     monkeypatch.setattr(GPT, "decode_step", recording_step)
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
@@ -247,8 +249,12 @@ def test_checkpoint_roundtrip_and_compiled_prefix(family, tmp_path):
     m = tiny(family)
     sd = {"_orig_mod." + k: v for k, v in m.state_dict().items()}  # as saved from a torch.compile'd model
     path = str(tmp_path / "ckpt.pt")
-    save_checkpoint(path, {"model": sd, "model_args": vars(m.config), "tokenizer": "byte", "latent": True})
+    save_checkpoint(path, m, "byte", latent=True, config={})
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+    m2, ckpt = load_checkpoint(path)
+    x = torch.tensor([PROMPTS[1]])
+    assert torch.equal(m(x)[0], m2.eval()(x)[0]) and ckpt["latent"] is True
+    torch.save({"model": sd, "model_args": vars(m.config), "tokenizer": "byte", "latent": True}, path)
     m2, ckpt = load_checkpoint(path)
     x = torch.tensor([PROMPTS[1]])
     assert torch.equal(m(x)[0], m2.eval()(x)[0]) and ckpt["latent"] is True
@@ -268,7 +274,7 @@ def test_checkpoints_saved_before_the_llama_switches_load_as_gpt2(tmp_path):
     old_args = dict(block_size=96, vocab_size=V, n_layer=2, n_head=2, n_embd=32, dropout=0.0, bias=True)
     m = tiny()
     path = str(tmp_path / "old.pt")
-    save_checkpoint(path, {"model": m.state_dict(), "model_args": old_args, "tokenizer": "byte"})
+    torch.save({"model": m.state_dict(), "model_args": old_args, "tokenizer": "byte"}, path)
     m2, _ = load_checkpoint(path)
     assert m2.config == m.config and "transformer.wpe.weight" in m2.state_dict()
     assert m2.lm_head.weight is m2.transformer.wte.weight
@@ -333,7 +339,7 @@ def test_from_pretrained_matches_reference(tmp_path, fmt):
     from data.tokenizer import get_tokenizer
     tok = get_tokenizer("gpt2")
     sd = _write_hf_gpt2(str(tmp_path / "gpt2"), fmt=fmt)
-    m = GPT.from_pretrained(str(tmp_path / "gpt2"), tok).eval()
+    m = from_pretrained(str(tmp_path / "gpt2"), tok).eval()
     assert m.config.vocab_size == tok.n_vocab == 50261 and m.padded_vocab == 50304
     ids = [15496, 995, 11, 50256, 42]
     logits = m(torch.tensor([ids]))[0][0, :, :50257]
@@ -363,13 +369,13 @@ def test_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
                    "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "n_inner": None,
                    "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1, "summary_type": "cls_index"}
     json.dump({**base, **hf_defaults}, open(cfg_path, "w"))
-    GPT.from_pretrained(d, tok)
+    from_pretrained(d, tok)
     for key, value in [("activation_function", "relu"), ("scale_attn_by_inverse_layer_idx", True),
                        ("reorder_and_upcast_attn", True), ("layer_norm_epsilon", 1e-6), ("n_inner", 64),
                        ("tie_word_embeddings", False), ("model_type", "gpt_neo")]:
         json.dump({**base, **hf_defaults, key: value}, open(cfg_path, "w"))
         with pytest.raises(ValueError, match=f"config.json: {key}={value!r} is not implemented"):
-            GPT.from_pretrained(d, tok)
+            from_pretrained(d, tok)
 
 
 class StandIn:
@@ -386,12 +392,11 @@ def test_export_then_from_pretrained_is_exact(tmp_path, family):
     export_hf(m, None, str(tmp_path / "hf"))
     hf = json.load(open(tmp_path / "hf" / "config.json"))
     assert hf["architectures"] == ["LlamaForCausalLM" if family.startswith("llama") else "GPT2LMHeadModel"]
-    m2 = GPT.from_pretrained(str(tmp_path / "hf"), StandIn).eval()
+    m2 = from_pretrained(str(tmp_path / "hf"), StandIn).eval()
     assert m2.config == m.config or family == "gpt2-nobias"  # GPT-2 has biases: bias=False exports zeros
     x = torch.tensor([PROMPTS[1], PROMPTS[1][::-1]])
     assert torch.allclose(m(x)[0][..., :V], m2(x)[0][..., :V], atol=1e-6)
     if family == "llama":
-        from model import _read_safetensors, _write_safetensors
         sd = _read_safetensors(str(tmp_path / "hf" / "model.safetensors"))
         names = sorted(sd)
         shards = {"model-00001-of-00002.safetensors": names[:5], "model-00002-of-00002.safetensors": names[5:]}
@@ -401,7 +406,7 @@ def test_export_then_from_pretrained_is_exact(tmp_path, family):
         json.dump({"weight_map": {k: f for f, keys in shards.items() for k in keys}},
                   open(tmp_path / "sharded" / "model.safetensors.index.json", "w"))
         json.dump(hf, open(tmp_path / "sharded" / "config.json", "w"))
-        m3 = GPT.from_pretrained(str(tmp_path / "sharded"), StandIn).eval()
+        m3 = from_pretrained(str(tmp_path / "sharded"), StandIn).eval()
         assert torch.equal(m2(x)[0], m3(x)[0])
 
 
@@ -419,18 +424,18 @@ def test_llama_from_pretrained_refuses_settings_it_does_not_implement(tmp_path):
     base = json.load(open(cfg_path))
     # transformers' Llama config.json spells out its defaults: they load
     json.dump({**base, "pretraining_tp": 1, "attention_dropout": 0.0, "sliding_window": None}, open(cfg_path, "w"))
-    GPT.from_pretrained(d, StandIn)
+    from_pretrained(d, StandIn)
     refused = [("rope_scaling", {"rope_type": "llama3", "factor": 8.0}), ("sliding_window", 4096),
                ("attention_bias", True), ("mlp_bias", True), ("hidden_act", "gelu"), ("head_dim", 64),
                ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})]
     for key, value in refused:
         json.dump({**base, key: value}, open(cfg_path, "w"))
         with pytest.raises(ValueError, match=f"config.json: {key}="):
-            GPT.from_pretrained(d, StandIn)
+            from_pretrained(d, StandIn)
     json.dump(base, open(cfg_path, "w"))
     # the tokenizer must cover the checkpoint's vocabulary, and this project's tokenizers are not Llama's
     with pytest.raises(ValueError, match="vocab_size=70 is more than the tokenizer's 69"):
-        GPT.from_pretrained(d, type("Small", (), {"n_vocab": V - 1}))
+        from_pretrained(d, type("Small", (), {"n_vocab": V - 1}))
     from data.tokenizer import get_tokenizer
     with pytest.raises(ValueError, match="'gpt2' tokenizer's ids are not Llama's; use the directory's own"):
-        GPT.from_pretrained(d, get_tokenizer("gpt2"))
+        from_pretrained(d, get_tokenizer("gpt2"))

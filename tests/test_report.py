@@ -61,7 +61,7 @@ def page(smoke_run):
 def test_em_writes_the_page_with_every_row_and_the_plots(smoke_run, page):
     rows = json.load(open(os.path.join(smoke_run, "results.json")))["rows"]
     for name, r in rows.items():
-        assert f"<td>{name}</td><td>{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})</td><td>{r['n']}</td>" in page
+        assert f"<td>{name}</td><td>{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})</td>" in page
     e = rows["EM iteration 2"]["estep"]
     assert f"<td>{e['elbo']:.2f}</td><td>{e['ess']:.2f}</td><td>{e['agree_chosen']:.3f} / {e['agree_random']:.3f}</td>" in page
     imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">', page)
@@ -148,7 +148,6 @@ def test_a_sweep_page_labels_runs_by_what_differs(smoke_run, tmp_path):
 
 
 def test_a_failing_page_never_fails_the_run(smoke_run, tmp_path, monkeypatch, capsys):
-    import em
     import report
 
     def broken(run_dir):
@@ -156,7 +155,7 @@ def test_a_failing_page_never_fails_the_run(smoke_run, tmp_path, monkeypatch, ca
     monkeypatch.setattr(report, "write_report", broken)
     run = copy_run(smoke_run, tmp_path / "run")
     cfg = json.load(open(os.path.join(run, "results.json")))["config"]
-    rows = em.report({**cfg, "run_dir": run})
+    rows = report.write_results({**cfg, "run_dir": run})
     assert "EM iteration 2" in rows and "report.html not written: RuntimeError('no ink')" in capsys.readouterr().out
 
 

@@ -13,7 +13,8 @@ import model as model_module
 from data.files import chunk_prefix, doc_seed, open_bin, read_chunks, read_jsonl, read_thoughts, write_jsonl
 from data.latent import coin_flips, joint_sequence, posterior_prompt, posterior_chunk, prior_chunk
 from data.tokenizer import get_tokenizer
-from model import GPT, GPTConfig, model_args, save_checkpoint
+from common import save_checkpoint
+from model import GPT, GPTConfig
 from sample_thoughts import chunk_stats, context_budget, sample_thoughts, select
 
 tok = get_tokenizer("byte")
@@ -49,8 +50,7 @@ def setup(tmp_path_factory, one_thread):
     d = tmp_path_factory.mktemp("estep")
     ckpt = str(d / "m.pt")
     m = rigged_model()
-    save_checkpoint(ckpt, {"model": m.state_dict(), "model_args": model_args(m.config), "tokenizer": "byte",
-                           "latent": True})
+    save_checkpoint(ckpt, m, "byte", latent=True, config={})
     rows = []
     for doc in range(7):
         for i in range(1 + doc % 3):  # 13 chunks in documents of 1 to 3 chunks
@@ -237,7 +237,7 @@ def test_thoughts_that_re_encode_longer_still_fit(tmp_path):
     context full, the joint sequence must shorten P (then X) to fit the block, and the run must count them."""
     m = rigged_model(eol_logit=1.0, ascii=False)
     ckpt, chunks = str(tmp_path / "m.pt"), str(tmp_path / "c.jsonl")
-    save_checkpoint(ckpt, {"model": m.state_dict(), "model_args": model_args(m.config), "tokenizer": "byte"})
+    save_checkpoint(ckpt, m, "byte", latent=True, config={})
     write_jsonl(chunks, [{"id": f"a:{i}", "doc": "a", "idx": i, "text": f"Chunk {i} is a longish line of text.\n"}
                          for i in range(5)])
     s = sample_thoughts(ckpt, chunks, str(tmp_path / "out"), K=4, max_thought_tokens=THOUGHT, device="cpu")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from data import latent
-from data.tokenizer import (DIGITS_PAT, GPT2_ENCODER_JSON_SHA256, GPT2_VOCAB_BPE_SHA256, SPECIALS, fit_bpe, get_tokenizer,
+from data.latent import SPECIALS
+from data.tokenizer import (DIGITS_PAT, GPT2_ENCODER_JSON_SHA256, GPT2_VOCAB_BPE_SHA256, fit_bpe, get_tokenizer,
                             load_bpe, save_bpe)
 
 TEXTS = ["", "Hello world", "naïve café ☕ 日本語 \x00\t\r\n", "x" * 5000,
