@@ -30,12 +30,15 @@ the torch engine's by the rounding of that dtype, and its samples come from its 
 (seed from (seed, shard, batch, chunk)), reproducible on the same server and batch, not the torch engine's.
 """
 import json
+import os
 import random
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -116,7 +119,7 @@ class Server:
         banned = set(banned_tokens or [])
         allowed = [t for t in range(self.vocab_size) if t not in banned] if banned else None
         bodies = [dict(prompt=list(p), n=num_samples, max_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
-                       top_k=0, min_p=0.0, seed=request_seed(seed, j), logprobs=0, return_tokens_as_token_ids=True,
+                       top_k=0, min_p=0.0, repetition_penalty=1.0, seed=request_seed(seed, j), logprobs=0, return_tokens_as_token_ids=True,
                        stop_token_ids=stop, allowed_token_ids=allowed, ignore_eos=True, skip_special_tokens=False)
                   for j, p in enumerate(prompts)]
         toks, logprobs, finished = [], [], []
@@ -206,3 +209,41 @@ def check(server, model, tok, block_size, tol=0.1):
     if any(t not in (a, b) for t in toks[0]) or max(abs(x - y) for x, y in zip(lps[0], want)) > tol:
         raise ServerError("the server's sampled log-probs are not those of the distribution it sampled from (with "
                           "banned tokens removed): start it with --logprobs-mode processed_logprobs")
+
+
+@contextmanager
+def serving(ckpt, out_dir, url="", port=8000, tensor_parallel=1, start_timeout=1800.0):
+    """em.py's E-step server: yields the base URL of a vLLM server for ckpt. url given: that server (run by the
+    user). Otherwise ckpt is exported to out_dir/hf and `vllm serve` started on it (flags as in vLLM's
+    `vllm serve --help`), waited for until healthy, and stopped on the way out, also on an error."""
+    if url:
+        yield url
+        return
+    from model import export_hf, load_checkpoint  # imported here: the client itself needs neither
+    hf = os.path.join(out_dir, "hf")
+    model, ck = load_checkpoint(ckpt)
+    export_hf(model, ck["tokenizer"], hf)
+    cmd = ["vllm", "serve", hf, "--port", str(port), "--max-model-len", str(model.config.block_size),
+           "--tensor-parallel-size", str(tensor_parallel), "--logprobs-mode", "processed_logprobs",
+           "--dtype", "bfloat16", "--generation-config", "vllm"]  # vllm: no sampling defaults from the export
+    del model
+    base = f"http://127.0.0.1:{port}/v1"
+    log_path = os.path.join(out_dir, "vllm.log")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            t0 = time.time()
+            while not healthy(base):
+                if proc.poll() is not None:
+                    raise ServerError(f"vllm serve exited with {proc.returncode} before it was healthy; see {log_path}")
+                if time.time() - t0 > start_timeout:
+                    raise ServerError(f"vllm serve not healthy after {start_timeout:.0f}s; see {log_path}")
+                time.sleep(1.0)
+            yield base
+        finally:
+            proc.terminate()  # SIGTERM: vLLM shuts its workers down
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -139,3 +139,36 @@ def test_raw_logprobs_refused(world, monkeypatch):
     server = vllm_engine.Server(world["url"], tok.n_vocab)
     with pytest.raises(vllm_engine.ServerError, match="processed_logprobs"):
         vllm_engine.check(server, rigged_model(), tok, rigged_model().config.block_size)
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_em_starts_and_stops_the_server(world, tmp_path, monkeypatch):
+    """em.py's --estep_engine=vllm: M_{t-1} exported, `vllm serve` started on it (a fake vllm on PATH running the
+    loopback server on the exported directory), the E-step run against it, the server stopped, also on an error."""
+    import em
+    monkeypatch.setenv("PATH", os.path.join(os.path.dirname(__file__), "fake_vllm") + os.pathsep + os.environ["PATH"])
+    port = free_port()
+    cfg = dict(estep_engine="vllm", vllm_url="", vllm_port=port, vllm_tensor_parallel=2)
+    d = str(tmp_path / "estep")
+    em.run_estep(cfg, world["ckpt"], d, lambda **engine: sample_thoughts(world["ckpt"], world["chunks"], d,
+                                                                         **world["kw"], **engine))
+    assert_same_estep(world["ref"], d)  # through the export and back: the same model
+    with open(os.path.join(d, "vllm_argv.json")) as f:
+        argv = " ".join(json.load(f))
+    assert "--tensor-parallel-size 2" in argv and "--logprobs-mode processed_logprobs" in argv
+    assert f"--max-model-len {rigged_model().config.block_size}" in argv
+    url = f"http://127.0.0.1:{port}/v1"
+    assert not vllm_engine.healthy(url)  # stopped
+
+    def fails(**engine):
+        assert vllm_engine.healthy(engine["base_url"])
+        raise RuntimeError("E-step failed")
+    with pytest.raises(RuntimeError, match="E-step failed"):
+        em.run_estep(cfg, world["ckpt"], str(tmp_path / "e2"), fails)
+    assert not vllm_engine.healthy(url)
