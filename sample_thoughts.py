@@ -4,6 +4,7 @@ E-step (method.md): infer a latent thought Z for every chunk X of a chunk file w
     python sample_thoughts.py --ckpt=runs/default/m0/ckpt.pt --chunks=runs/default/data/boot.chunks.jsonl \
         --out_dir=runs/default/iter1/estep
     torchrun --nproc_per_node=8 sample_thoughts.py ...          # shards spread over the GPUs
+    python sample_thoughts.py --engine=vllm --base_url=http://HOST:8000/v1 ...   # on a vLLM server (vllm_engine.py)
 
 For each chunk X with prefix P: K thoughts Z_k ~ q(Z | X, P) from the posterior prompt, each scored by the joint
 log p(Z_k, X | P), log w_k = log p - log q, and ONE thought kept by resampling with the normalised weights.
