@@ -39,6 +39,7 @@ from eval_math import evaluate
 from report import write_results
 from sample_thoughts import sample_thoughts
 from train import make_base, train
+import vllm_engine
 
 # ----------------------------------------------------------------------------- config
 run_dir = "runs/default"
@@ -74,6 +75,10 @@ selection = "importance"  # importance | uniform | argmax
 n_prefix = 1              # prefix chunks given to the posterior (docs/method.md, Where this project differs)
 max_thought_tokens = 48
 estep_batch = 128         # chunks per batch (each with K rows)
+estep_engine = "torch"    # torch | vllm: each E-step on a vLLM server for M_{t-1} (vllm_engine.py; README)
+vllm_url = ""             # estep_engine=vllm: a server the user runs (its base URL); "" = start `vllm serve` here
+vllm_port = 8000          # estep_engine=vllm: the port of the server started here
+vllm_tensor_parallel = 1  # estep_engine=vllm: --tensor-parallel-size of the server started here
 # evaluation (eval_math.py)
 eval_split = "eval"       # eval: the held-out evaluation set (final tables) | valid: other problems, for choosing settings
 eval_data = ""            # any MATH- or GSM8K-shaped jsonl instead of the data directory's {eval_split}.jsonl
@@ -117,6 +122,19 @@ def stage_config(cfg, name):
     if name.startswith("iter"):
         keys += ["K", "selection", "n_prefix", "max_thought_tokens", "estep_batch", "continue_from_previous"]
     return {k: cfg[k] for k in keys}
+
+
+def run_estep(cfg, ckpt, d, estep):
+    """estep(**engine) in this process, or with estep_engine=vllm against a vLLM server for ckpt: the one given by
+    vllm_url, or one started here for this E-step and stopped after it."""
+    if cfg["estep_engine"] == "torch":
+        return estep()
+    if cfg["estep_engine"] != "vllm":
+        raise ValueError(f"estep_engine must be torch or vllm, got {cfg['estep_engine']!r}")
+    os.makedirs(d, exist_ok=True)
+    with vllm_engine.serving(ckpt, d, url=cfg["vllm_url"], port=cfg["vllm_port"],
+                             tensor_parallel=cfg["vllm_tensor_parallel"]) as url:
+        return estep(engine="vllm", base_url=url)
 
 
 # minutes each kind of stage took in the default run of each preset (README, Results): the first ETA; later ETAs
@@ -336,10 +354,10 @@ class Run:
         cfg, rd = self.cfg, self.cfg["run_dir"]
         prev = os.path.join(rd, "m0", "ckpt.pt")
         for t in range(1, cfg["iters"] + 1):
-            e = self.stage(f"iter{t}/estep", lambda d: sample_thoughts(
+            e = self.stage(f"iter{t}/estep", lambda d: run_estep(cfg, prev, d, lambda **engine: sample_thoughts(
                 prev, self.path("boot.chunks.jsonl"), d, K=cfg["K"], max_thought_tokens=cfg["max_thought_tokens"],
                 selection=cfg["selection"], n_prefix=cfg["n_prefix"], seed=cfg["seed"] * 1000 + t,
-                batch_size=cfg["estep_batch"], gold=self.gold))
+                batch_size=cfg["estep_batch"], gold=self.gold, **engine)))
             init = prev if cfg["continue_from_previous"] else self.base
             aug = os.path.join(rd, f"iter{t}", "estep", "aug.bin")
             m = self.stage(f"iter{t}/mstep", lambda d: self.fit_and_eval(

@@ -4,6 +4,7 @@ E-step (docs/method.md, E-step): infer a latent thought Z for every chunk X of a
     python sample_thoughts.py --ckpt=runs/default/m0/ckpt.pt --chunks=runs/default/data/boot.chunks.jsonl \
         --out_dir=runs/default/iter1/estep
     torchrun --nproc_per_node=8 sample_thoughts.py ...          # shards spread over the GPUs
+    python sample_thoughts.py --engine=vllm --base_url=http://HOST:8000/v1 ...   # on a vLLM server (vllm_engine.py)
 
 For each chunk X with prefix P: K thoughts Z_k ~ q(Z | X, P) from the posterior prompt, each scored by the joint
 log p(Z_k, X | P), log w_k = log p - log q, and ONE thought kept by resampling with the normalised weights.
@@ -44,6 +45,7 @@ from data.latent import fit_context, joint_sequence, posterior_prompt, thought_s
 from common import load_checkpoint, print0, setup, teardown
 from data.mathworld import steps_valid, thought_result
 from data.tokenizer import get_tokenizer
+import vllm_engine
 
 # ----------------------------------------------------------------------------- config
 ckpt = ""                 # the current model (M_{t-1})
@@ -60,6 +62,11 @@ shard_size = 2048         # chunks per shard: the unit of resuming and of multi-
 device = "auto"
 show = 0                  # print this many chunks with their K thoughts and weights
 limit = None              # only the first `limit` documents (a quick look)
+engine = "torch"          # torch: sample and score here | vllm: on the vLLM server at base_url (vllm_engine.py)
+base_url = "http://localhost:8000/v1"  # --engine=vllm: the OpenAI-compatible server serving the exported ckpt
+vllm_concurrency = 16     # --engine=vllm: requests in flight (the server batches them)
+vllm_timeout = 600.0      # --engine=vllm: seconds before a request is retried
+vllm_retries = 10         # --engine=vllm: retries per request, with exponential backoff
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_of(globals())
 SELECTIONS = ("importance", "uniform", "argmax")
@@ -122,15 +129,16 @@ def context_budget(model, tok, max_thought_tokens):
     return ctx
 
 
-def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cuda):
-    """K thoughts for each (P, X) of a batch, with log q, log p and log w. Returns one list of K samples per chunk."""
+def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cuda, server=None):
+    """K thoughts for each (P, X) of a batch, with log q, log p and log w. Returns one list of K samples per chunk.
+    server: a vllm_engine.Server that samples and scores in the model's place (--engine=vllm)."""
     ctx = context_budget(model, tok, max_thought_tokens)
     stop = thought_stop_token(tok)
     # a thought is text: the other control tokens are banned (they would decode to their names, not re-encode)
     banned = [t for t in [tok.eot] + tok.latent_ids if t != stop]
     # E-step 1: Z_k ~ q(Z | X, P), K per chunk, at temperature 1 with no top-k/top-p: the log-probs are log q
     with timed(meter, "decode", cuda):
-        toks, logq, finished = model.generate([posterior_prompt(tok, P, X, max_tokens=ctx) for P, X in contexts],
+        toks, logq, finished = (server or model).generate([posterior_prompt(tok, P, X, max_tokens=ctx) for P, X in contexts],
                                               num_samples=K, max_new_tokens=max_thought_tokens, temperature=1.0,
                                               stop_tokens=[stop], banned_tokens=banned, seed=gen_seed)
     bodies = [t[:-1] if done else t for t, done in zip(toks, finished)]
@@ -140,7 +148,7 @@ def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cu
                          for r, z in enumerate(thoughts)))
     cap = SCORE_LOGITS if cuda else min(SCORE_LOGITS, SCORE_TOKENS_CPU * model.padded_vocab)
     with timed(meter, "score", cuda):
-        logp = model.score(seqs, starts, max_logits=cap).tolist()
+        logp = (server or model).score(seqs, starts, max_logits=cap).tolist()
     # E-step 3's weights: log w = log p(Z, X | P) - log q(Z | X, P)
     samples = [{"text": z, "logp": lp, "logq": sum(lq), "logw": lp - sum(lq), "truncated": not done,
                 "n_tokens": len(b), "exact": tok.encode(z) == b}  # exact False: the text does not give back the tokens
@@ -148,7 +156,7 @@ def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cu
     return [samples[i * K:(i + 1) * K] for i in range(len(contexts))]
 
 
-def run_shard(model, tok, part, s, cfg, meter, cuda, bar):
+def run_shard(model, tok, part, s, cfg, meter, cuda, bar, server=None):
     """One shard: [(chunk, prefix)] -> its output rows in chunk order. Randomness from (seed, s, batch) only."""
     K, max_thought_tokens, seed, batch_size = cfg["K"], cfg["max_thought_tokens"], cfg["seed"], cfg["batch_size"]
     ctx = context_budget(model, tok, max_thought_tokens)
@@ -159,7 +167,7 @@ def run_shard(model, tok, part, s, cfg, meter, cuda, bar):
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         got = infer_batch(model, tok, [contexts[j] for j in idx], K, max_thought_tokens,
-                          derived_seed(seed, s, 1 + b // batch_size), meter, cuda)
+                          derived_seed(seed, s, 1 + b // batch_size), meter, cuda, server)
         for j, samples in zip(idx, got):
             found[j] = samples
         meter["tokens"] += sum(x["n_tokens"] + (not x["truncated"]) for samples in got for x in samples)
@@ -201,6 +209,8 @@ def check(cfg):
         raise ValueError(f"K (thoughts sampled per chunk) must be an integer >= 1, got {K!r}")
     if cfg["selection"] not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {cfg['selection']!r}")
+    if cfg["engine"] not in ("torch", "vllm"):
+        raise ValueError(f"engine must be torch or vllm, got {cfg['engine']!r}")
 
 
 def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=None, **settings):
@@ -212,10 +222,17 @@ def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=Non
     check(cfg)  # before the model loads and work starts
     K = cfg["K"]
     t0 = time.time()
-    compute = setup(cfg["device"])  # on CUDA bf16 autocast for generate and score; their log-softmaxes stay float32
+    # with vllm the GPUs are the server's: the local model only checks it, on the CPU
+    # (on CUDA, bf16 autocast for generate and score; their log-softmaxes stay float32)
+    compute = setup("cpu" if cfg["engine"] == "vllm" else cfg["device"])
     model, checkpoint = load_checkpoint(ckpt, compute.device)
     model.eval()
     tok = get_tokenizer(checkpoint["tokenizer"])
+    server = None
+    if cfg["engine"] == "vllm":
+        server = vllm_engine.Server(cfg["base_url"], tok.n_vocab, concurrency=cfg["vllm_concurrency"],
+                                    timeout=cfg["vllm_timeout"], retries=cfg["vllm_retries"])
+        vllm_engine.check(server, model, tok, model.config.block_size)  # before any work: the right model?
     if not checkpoint.get("latent", True):
         print0(f"warning: {ckpt} was trained without thoughts; its posterior knows nothing of the latent format")
     golds = read_thoughts(cfg["gold"]) if cfg["gold"] is not None else None  # read first: fail before the work
@@ -227,6 +244,8 @@ def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=Non
     # the settings that decide the result: resuming with other ones would mix two E-steps in one output
     keys = ("K", "max_thought_tokens", "selection", "n_prefix", "seed", "batch_size", "shard_size", "limit")
     made_with = dict(ckpt=os.path.abspath(ckpt), chunks=os.path.abspath(chunks), **{k: cfg[k] for k in keys})
+    if server is not None:  # its samples are not the torch engine's: the two do not continue each other's shards
+        made_with["engine"] = "vllm"
     settings_path = os.path.join(out_dir, "settings.json")
     if os.path.exists(settings_path):  # shards on disk: continue them only with the settings that made them
         with open(settings_path) as f:
@@ -245,7 +264,7 @@ def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=Non
             bar.close()
             return {"stopped_after_shards": n_done}
         with compute.ctx:
-            rows = run_shard(model, tok, shards[s], s, cfg, meter, compute.cuda, bar)
+            rows = run_shard(model, tok, shards[s], s, cfg, meter, compute.cuda, bar, server)
         write_jsonl(shard_path(s), rows)  # atomic: a shard on disk is a finished shard
         if compute.rank == 0 and bar.disable:  # no terminal (a log file): one line per shard instead of the bar
             print(f"E-step: shard {n_done + 1}/{len(todo)} of this run written, {meter['chunks']} chunks in "
