@@ -262,18 +262,26 @@ def minutes(seconds):
 
 
 def table(rows, split="eval"):
-    """The results table as (header, [cells of each row]): results.md and the page print the same cells."""
+    """The results table as (header, [cells of each row]): results.md and the page print the same cells.
+    "sound" thoughts have every step true arithmetic on the problem's numbers and the gold result; "transfer" is
+    how much of the previous E-step's choice the M-step kept: M_{t-1}'s random-of-K gold agreement at iteration t
+    minus iteration t-1's chosen agreement (0 or more: the M-step learnt what the E-step chose)."""
     head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug", "E-step ELBO", "ESS",
-            "gold result: chosen / random", "tokens trained", "training time", "E-step time"]
-    out = []
+            "gold result: chosen / random", "sound: chosen / random", "transfer", "tokens trained", "training time",
+            "E-step time"]
+    out, chosen_before = [], None
     for name, r in rows.items():
         e, v = r.get("estep", {}), r.get("val") or {}
-        agree = f"{e['agree_chosen']:.3f} / {e['agree_random']:.3f}" if e.get("agree_chosen") is not None else ""
+        pair = lambda a, b: f"{e[a]:.3f} / {e[b]:.3f}" if e.get(a) is not None else ""
+        transfer = (f"{e['agree_random'] - chosen_before:+.3f}" if e.get("agree_random") is not None
+                    and chosen_before is not None else "")
+        chosen_before = e.get("agree_chosen") if name.startswith("EM iteration") else chosen_before
         out.append([name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})",
                     num((r.get("valid") or {}).get("accuracy"), ".3f"),
                     f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", num(e.get("elbo"), ".2f"),
-                    num(e.get("ess"), ".2f"), agree, f"{r['tokens'] / 1e6:.2f}M", minutes(r.get("train_s", 0)),
-                    minutes(e.get("wall_s"))])
+                    num(e.get("ess"), ".2f"), pair("agree_chosen", "agree_random"),
+                    pair("sound_chosen", "sound_random"), transfer, f"{r['tokens'] / 1e6:.2f}M",
+                    minutes(r.get("train_s", 0)), minutes(e.get("wall_s"))])
     return head, out
 
 

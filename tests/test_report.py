@@ -175,3 +175,14 @@ def test_a_browser_renders_the_table_plots_and_thoughts(smoke_run, tmp_path):
     subprocess.run(flags + ["--window-size=1280,3000", f"--screenshot={shot}", f"file://{path}"], capture_output=True,
                    timeout=120)
     assert shot.read_bytes().startswith(PNG) and shot.stat().st_size > 50_000  # a drawn page, not a blank one
+
+
+def test_transfer_is_this_random_of_k_minus_the_previous_choice():
+    from report import table
+    row = lambda chosen, rnd: {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "tokens": 1e6,
+                               "estep": {"agree_chosen": chosen, "agree_random": rnd, "wall_s": 60}}
+    rows = {"M0 (warm start)": {"accuracy": 0.4, "ci_low": 0.3, "ci_high": 0.5, "tokens": 1e6},
+            "EM iteration 1": row(0.70, 0.40), "EM iteration 2": row(0.80, 0.65)}
+    head, cells = table(rows)
+    col = head.index("transfer")
+    assert [c[col] for c in cells] == ["", "", "-0.050"]  # 0.65 at iteration 2 against 0.70 chosen at 1
