@@ -12,17 +12,9 @@ import vllm_engine
 from common import save_checkpoint
 from model import GPT
 from sample_thoughts import sample_thoughts
-from tests.test_sample_thoughts import rigged_model, shard_rows, read_bytes, THOUGHT, tok
+from tests.test_sample_thoughts import one_thread, rigged_model, shard_rows, read_bytes, THOUGHT, tok  # noqa: F401
 from tests.vllm_loopback import start
 from data.files import write_jsonl
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def per_prompt_generate(orig):
