@@ -4,7 +4,8 @@ A run's results, written from the files its stages left: results.md and results.
 browser, offline. em.py calls write_results at the end of every run; this module owns every table and plot.
 
     python -m report runs/default                        # writes runs/default/report.html
-    python -m report runs/k1 runs/k4 runs/k8 --out=sweep.html   # several runs side by side (a K or seed sweep)
+    python -m report runs/k1 runs/k4 runs/k8 --out=sweep.html   # several runs side by side (a K or seed sweep),
+                                                                # their mean and spread in sweep.md and sweep.png
 
 The page holds:
   - the results table (results.json; for a run still going, the stages finished so far)
@@ -412,6 +413,90 @@ def write_results(cfg, log=print):
     return rows
 
 
+# ----------------------------------------------------------------------------- several runs: mean and spread
+
+FIGURES = ("eval", "valid", "step", "chosen", "random", "sound", "transfer")
+
+
+def run_figures(cfg, rows):
+    """{row name: {figure: value}} of one run: accuracy on eval and on valid (a run with eval_split=valid has no
+    eval figure), the step from the previous EM row (M_0 for iteration 1), and the E-step's agreement figures."""
+    split, out, prev, chosen_before = cfg.get("eval_split", "eval"), {}, None, None
+    for name, r in rows.items():
+        e = r.get("estep", {})
+        f = {"eval": r["accuracy"] if split == "eval" else None,
+             "valid": r["accuracy"] if split == "valid" else (r.get("valid") or {}).get("accuracy"),
+             "chosen": e.get("agree_chosen"), "random": e.get("agree_random"), "sound": e.get("sound_chosen")}
+        if name.startswith("EM iteration") or name == "M0 (warm start)":
+            acc = f[split]
+            f["step"] = acc - prev if prev is not None and name.startswith("EM iteration") else None
+            prev = acc
+            if f["random"] is not None and chosen_before is not None:
+                f["transfer"] = f["random"] - chosen_before
+            chosen_before = f["chosen"] if name.startswith("EM iteration") else chosen_before
+        out[name] = f
+    return out
+
+
+def spread(runs):
+    """[(row name, {figure: (mean, min, max, [value per run])})] over runs [(cfg, rows)]: the figures of each row
+    that every run has (a row or figure some run lacks is left out, never averaged over fewer runs silently)."""
+    figs = [run_figures(c, rows) for c, rows in runs]
+    names = [n for n in figs[0] if all(n in f for f in figs)]
+    out = []
+    for n in names:
+        stats = {}
+        for k in FIGURES:
+            vals = [f[n].get(k) for f in figs]
+            if all(v is not None for v in vals):
+                stats[k] = (sum(vals) / len(vals), min(vals), max(vals), vals)
+        out.append((n, stats))
+    return out
+
+
+def spread_markdown(runs, labels):
+    """The mean (min-max) of every row over the runs, and each run's own figure: where one run breaks a finding
+    shows in its min, and in the per-run column."""
+    head = ["run", "accuracy on eval: mean (min-max)", "on valid", "step from the previous row", "gold result: chosen",
+            "random of K", "sound: chosen", "transfer", "accuracy per run (" + ", ".join(labels) + ")"]
+    cell = lambda s, k: f"{s[k][0]:.3f} ({s[k][1]:.3f}-{s[k][2]:.3f})" if k in s else ""
+    lines = [f"{len(runs)} runs: " + ", ".join(labels), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in spread(runs):
+        per = s.get("eval") or s.get("valid")
+        step = f"{s['step'][0]:+.3f} ({s['step'][1]:+.3f} to {s['step'][2]:+.3f})" if "step" in s else ""
+        tr = f"{s['transfer'][0]:+.3f} ({s['transfer'][1]:+.3f} to {s['transfer'][2]:+.3f})" if "transfer" in s else ""
+        lines.append("| " + " | ".join([name, cell(s, "eval"), cell(s, "valid"), step, cell(s, "chosen"),
+                                        cell(s, "random"), cell(s, "sound"), tr,
+                                        " / ".join(f"{v:.3f}" for v in per[3]) if per else ""]) + " |")
+    return "\n".join(lines)
+
+
+def plot_spread(plt, runs, labels):
+    """Accuracy per EM iteration: every run thin, their mean bold with the min-max range; the baselines' and the
+    oracle's means as horizontal lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    split = "eval" if all(c.get("eval_split", "eval") == "eval" for c, _ in runs) else "valid"
+    figs = [run_figures(c, rows) for c, rows in runs]
+    for n, (f, label) in enumerate(zip(figs, labels)):
+        pts = [(0 if k.startswith("M0") else int(k.split()[-1]), v[split]) for k, v in f.items()
+               if (k.startswith("M0") or k.startswith("EM iteration")) and v[split] is not None]
+        ax.plot([t for t, _ in pts], [a for _, a in pts], marker=".", lw=0.8, alpha=0.5, color=f"C{n}", label=label)
+    s = dict(spread(runs))
+    its = sorted((0 if k.startswith("M0") else int(k.split()[-1]), k) for k in s
+                 if (k.startswith("M0") or k.startswith("EM iteration")) and split in s[k])
+    if its:
+        m = [s[k][split] for _, k in its]
+        ax.errorbar([t for t, _ in its], [x[0] for x in m], yerr=[[x[0] - x[1] for x in m], [x[2] - x[0] for x in m]],
+                    marker="o", lw=2, capsize=4, color="k", label=f"EM, mean (min-max) of {len(runs)}")
+    for name, ls in (("raw-token-match", ":"), ("raw-FLOP-match", "--"), ("gold thoughts (oracle)", "-.")):
+        if name in s and split in s[name]:
+            ax.axhline(s[name][split][0], ls=ls, color="gray", label=f"{name}, mean")
+    ax.set_xlabel("EM iteration (0 = warm start M_0)")
+    ax.set_ylabel(f"accuracy on {split}")
+    ax.legend(fontsize=7)
+    return fig
+
+
 def write_sweep(run_dirs, out):
     """Several runs (a K or seed sweep) on one page: one accuracy plot, their tables side by side."""
     runs = [(d, *read_results(d)) for d in run_dirs]
@@ -428,9 +513,32 @@ def write_sweep(run_dirs, out):
                     + (f"<p class='note'>{esc(note)}</p>" if note else "") + results_table(rows, c.get("eval_split", "eval"))
                     + "</div>")
     body.append("</div>")
+    labels = [label(d, c) for d, c, _, _ in runs]
+    pairs = [(c, rows) for _, c, rows, _ in runs]
+    markdown = spread_markdown(pairs, labels)
+    body += ["<h2>Mean and spread over the runs</h2>", markdown_table_html(markdown)]
+    stem = os.path.splitext(out)[0]
+    if plt:
+        body.append(img(plt, plot_spread(plt, pairs, labels), "accuracy per EM iteration, mean and range of the runs"))
+        fig = plot_spread(plt, pairs, labels)  # the same figure as a file, for a README or a docs page
+        fig.tight_layout()
+        with atomic_open(stem + ".png", "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+        plt.close(fig)
+    with atomic_open(stem + ".md") as f:  # the same table, for a README or a docs page
+        f.write(markdown + "\n")
     with atomic_open(out) as f:
         f.write(page(f"Latent-thought EM: {len(runs)} runs", "\n".join(body)))
     return out
+
+
+def markdown_table_html(markdown):
+    """The html of a markdown table (its first line a caption): one table, two formats, the same cells."""
+    lines = markdown.split("\n")
+    rows = [[c.strip() for c in l.strip("|").split("|")] for l in lines[2:] if not l.startswith("|---")]
+    out = [f"<p>{esc(lines[0])}</p><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in rows[0]) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
+    return "\n".join(out + ["</table>"])
 
 
 if __name__ == "__main__":

@@ -144,7 +144,9 @@ def test_a_sweep_page_labels_runs_by_what_differs(smoke_run, tmp_path):
                    capture_output=True)
     text = open(out, encoding="utf-8").read()
     assert "<h3>K=2</h3>" in text and "<h3>K=4</h3>" in text
-    assert text.count("<table class='results'>") == 2 and text.count("data:image/png;base64,") == (1 if has_matplotlib() else 0)
+    # the runs' accuracy plot and the mean-and-spread plot; the spread table beside the page, as markdown
+    assert text.count("<table class='results'>") == 2 and text.count("data:image/png;base64,") == (2 if has_matplotlib() else 0)
+    assert "Mean and spread over the runs" in text and (tmp_path / "sweep.md").read_text().startswith("2 runs: K=2, K=4")
 
 
 def test_a_failing_page_never_fails_the_run(smoke_run, tmp_path, monkeypatch, capsys):
@@ -186,3 +188,30 @@ def test_transfer_is_this_random_of_k_minus_the_previous_choice():
     head, cells = table(rows)
     col = head.index("transfer")
     assert [c[col] for c in cells] == ["", "", "-0.050"]  # 0.65 at iteration 2 against 0.70 chosen at 1
+
+
+def test_spread_is_mean_min_max_of_what_every_run_has():
+    from report import spread, spread_markdown
+    acc = lambda a, **e: {"accuracy": a, "ci_low": a - 0.1, "ci_high": a + 0.1, "tokens": 1e6, "valid": {"accuracy": a / 2},
+                          **({"estep": e} if e else {})}
+    run = lambda m0, it1, it2, chosen1, random2, **extra: ({"eval_split": "eval"}, {
+        "raw-FLOP-match": acc(0.3), "M0 (warm start)": acc(m0), **extra,
+        "EM iteration 1": acc(it1, agree_chosen=chosen1, agree_random=0.2),
+        "EM iteration 2": acc(it2, agree_chosen=0.9, agree_random=random2)})
+    runs = [run(0.5, 0.6, 0.8, 0.7, 0.6), run(0.4, 0.6, 0.5, 0.5, 0.5, **{"gold thoughts (oracle)": acc(0.9)})]
+    s = dict(spread(runs))
+    assert "gold thoughts (oracle)" not in s  # one run lacks it: left out, not averaged over one
+    assert s["M0 (warm start)"]["eval"][:3] == (0.45, 0.4, 0.5) and s["M0 (warm start)"]["valid"][0] == 0.225
+    step = s["EM iteration 2"]["step"]  # +0.2 in one run, -0.1 in the other: the min shows the run that falls
+    assert abs(step[0] - 0.05) < 1e-9 and abs(step[1] + 0.1) < 1e-9 and abs(step[2] - 0.2) < 1e-9
+    transfer = s["EM iteration 2"]["transfer"][3]  # iteration 2's random of K minus iteration 1's chosen, per run
+    assert [round(t, 6) for t in transfer] == [-0.1, 0.0] and "transfer" not in s["EM iteration 1"]
+    md = spread_markdown(runs, ["seed=0", "seed=1"])
+    assert "| EM iteration 2 | 0.650 (0.500-0.800) |" in md and "+0.050 (-0.100 to +0.200)" in md
+
+
+def test_spread_of_a_valid_split_run_has_no_eval_figure():
+    from report import spread
+    row = {"accuracy": 0.7, "ci_low": 0.6, "ci_high": 0.8, "tokens": 1e6}
+    s = dict(spread([({"eval_split": "valid"}, {"M0 (warm start)": row})] * 2))
+    assert "eval" not in s["M0 (warm start)"] and s["M0 (warm start)"]["valid"][0] == 0.7
