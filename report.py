@@ -497,6 +497,40 @@ def plot_spread(plt, runs, labels):
     return fig
 
 
+def plot_by_setting(plt, runs, key):
+    """A sweep of one numeric setting (K = 1, 2, 4, 8): iteration 1's accuracy against it, on every split that
+    all runs report, with the 95% interval on the run's own split; M_0 (shared by --reuse_from) as a line."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    pts = sorted((c[key], c, rows) for c, rows in runs if "EM iteration 1" in rows)
+    xs = [x for x, _, _ in pts]
+    for n, split in enumerate(("eval", "valid")):
+        figs = [run_figures(c, rows) for _, c, rows in pts]
+        if not figs or any(f["EM iteration 1"][split] is None for f in figs):
+            continue
+        ys = [f["EM iteration 1"][split] for f in figs]
+        own = [rows["EM iteration 1"] if c.get("eval_split", "eval") == split else None for _, c, rows in pts]
+        yerr = [[y - r["ci_low"] if r else 0 for y, r in zip(ys, own)], [r["ci_high"] - y if r else 0 for y, r in zip(ys, own)]]
+        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, color=f"C{n}", label=f"EM iteration 1, {split}")
+        m0 = [f.get("M0 (warm start)", {}).get(split) for f in figs]
+        if m0 and all(v is not None for v in m0) and len(set(m0)) == 1:  # one shared M_0: its figure once
+            ax.axhline(m0[0], ls="--", color=f"C{n}", alpha=0.6, label=f"M0, {split}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(xs, [str(x) for x in xs])
+    ax.set_xlabel(key)
+    ax.set_ylabel("accuracy on held-out problems")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return fig
+
+
+def save_png(plt, fig, path):
+    """A figure as a png file beside the page, for a README or a docs page."""
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    plt.close(fig)
+
+
 def write_sweep(run_dirs, out):
     """Several runs (a K or seed sweep) on one page: one accuracy plot, their tables side by side."""
     runs = [(d, *read_results(d)) for d in run_dirs]
@@ -506,8 +540,14 @@ def write_sweep(run_dirs, out):
     label = lambda d, c: ", ".join(f"{k}={c.get(k)}" for k in keys) or os.path.basename(os.path.abspath(d))
     plt = pyplot()
     body = ["<h2>Accuracy per EM iteration</h2>",
-            img(plt, plot_accuracy(plt, [(label(d, c), rows) for d, c, rows, _ in runs]), ACCURACY) if plt else NO_PLOTS,
-            "<h2>Results</h2><div class='row'>"]
+            img(plt, plot_accuracy(plt, [(label(d, c), rows) for d, c, rows, _ in runs]), ACCURACY) if plt else NO_PLOTS]
+    stem = os.path.splitext(out)[0]
+    swept = keys[0] if len(keys) == 1 and all(isinstance(c.get(keys[0]), (int, float)) for _, c, _, _ in runs) else None
+    if plt and swept:  # a sweep of one setting (K): its own plot, on the page and as <out>_by_K.png
+        by = lambda: plot_by_setting(plt, [(c, rows) for _, c, rows, _ in runs], swept)
+        body += [f"<h2>Iteration 1 against {swept}</h2>", img(plt, by(), f"accuracy against {swept}")]
+        save_png(plt, by(), f"{stem}_by_{swept}.png")
+    body.append("<h2>Results</h2><div class='row'>")
     for d, c, rows, note in runs:
         body.append(f"<div><h3>{esc(label(d, c))}</h3><p>{esc(d)}</p>{settings_line(c)}"
                     + (f"<p class='note'>{esc(note)}</p>" if note else "") + results_table(rows, c.get("eval_split", "eval"))
@@ -517,14 +557,9 @@ def write_sweep(run_dirs, out):
     pairs = [(c, rows) for _, c, rows, _ in runs]
     markdown = spread_markdown(pairs, labels)
     body += ["<h2>Mean and spread over the runs</h2>", markdown_table_html(markdown)]
-    stem = os.path.splitext(out)[0]
     if plt:
         body.append(img(plt, plot_spread(plt, pairs, labels), "accuracy per EM iteration, mean and range of the runs"))
-        fig = plot_spread(plt, pairs, labels)  # the same figure as a file, for a README or a docs page
-        fig.tight_layout()
-        with atomic_open(stem + ".png", "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        plt.close(fig)
+        save_png(plt, plot_spread(plt, pairs, labels), stem + ".png")
     with atomic_open(stem + ".md") as f:  # the same table, for a README or a docs page
         f.write(markdown + "\n")
     with atomic_open(out) as f:

@@ -144,8 +144,10 @@ def test_a_sweep_page_labels_runs_by_what_differs(smoke_run, tmp_path):
                    capture_output=True)
     text = open(out, encoding="utf-8").read()
     assert "<h3>K=2</h3>" in text and "<h3>K=4</h3>" in text
-    # the runs' accuracy plot and the mean-and-spread plot; the spread table beside the page, as markdown
-    assert text.count("<table class='results'>") == 2 and text.count("data:image/png;base64,") == (2 if has_matplotlib() else 0)
+    # the runs' accuracy plot, iteration 1 against K, and the mean-and-spread plot; the spread table as markdown
+    assert text.count("<table class='results'>") == 2 and text.count("data:image/png;base64,") == (3 if has_matplotlib() else 0)
+    assert ("Iteration 1 against K" in text) == has_matplotlib()
+    assert (tmp_path / "sweep_by_K.png").exists() == has_matplotlib()
     assert "Mean and spread over the runs" in text and (tmp_path / "sweep.md").read_text().startswith("2 runs: K=2, K=4")
 
 
