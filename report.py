@@ -488,6 +488,7 @@ def plot_spread(plt, runs, labels):
         m = [s[k][split] for _, k in its]
         ax.errorbar([t for t, _ in its], [x[0] for x in m], yerr=[[x[0] - x[1] for x in m], [x[2] - x[0] for x in m]],
                     marker="o", lw=2, capsize=4, color="k", label=f"EM, mean (min-max) of {len(runs)}")
+        ax.set_xticks([t for t, _ in its])  # iterations are whole numbers
     for name, ls in (("raw-token-match", ":"), ("raw-FLOP-match", "--"), ("gold thoughts (oracle)", "-.")):
         if name in s and split in s[name]:
             ax.axhline(s[name][split][0], ls=ls, color="gray", label=f"{name}, mean")
