@@ -511,7 +511,7 @@ def plot_by_setting(plt, runs, key):
         ys = [f["EM iteration 1"][split] for f in figs]
         own = [rows["EM iteration 1"] if c.get("eval_split", "eval") == split else None for _, c, rows in pts]
         yerr = [[y - r["ci_low"] if r else 0 for y, r in zip(ys, own)], [r["ci_high"] - y if r else 0 for y, r in zip(ys, own)]]
-        ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, color=f"C{n}", label=f"EM iteration 1, {split}")
+        ax.errorbar(xs, ys, yerr=yerr if any(own) else None, marker="o", capsize=3, color=f"C{n}", label=f"EM iteration 1, {split}")
         m0 = [f.get("M0 (warm start)", {}).get(split) for f in figs]
         if m0 and all(v is not None for v in m0) and len(set(m0)) == 1:  # one shared M_0: its figure once
             ax.axhline(m0[0], ls="--", color=f"C{n}", alpha=0.6, label=f"M0, {split}")
