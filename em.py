@@ -66,14 +66,15 @@ tokenizer = "mathworld"   # mathworld (BPE fitted to the corpus) | byte
 train_config = "config/train_mathworld.py"
 train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
 base_epochs = 2.0         # pretrain the base on the background text for this many passes (0 = a fresh init)
-mstep_epochs = 3.5        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap)
+mstep_epochs = 7.0        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap); at half
+                          # of it a skill forms in one training and not in another (docs/bootstrapping.md)
 m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (docs/method.md, Warm start)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 # E-step (sample_thoughts.py)
 K = 4
 selection = "importance"  # importance | uniform | argmax
 n_prefix = 1              # prefix chunks given to the posterior (docs/method.md, Where this project differs)
-max_thought_tokens = 48
+max_thought_tokens = 64   # a 5-step derivation fits
 estep_batch = 128         # chunks per batch (each with K rows)
 estep_engine = "torch"    # torch | vllm: each E-step on a vLLM server for M_{t-1} (vllm_engine.py; README)
 vllm_url = ""             # estep_engine=vllm: a server the user runs (its base URL); "" = start `vllm serve` here
@@ -85,7 +86,7 @@ eval_data = ""            # any MATH- or GSM8K-shaped jsonl instead of the data 
 eval_exemplars = ""       # its few-shot exemplars ("" = the data directory's exemplars.jsonl, or GSM8K's train.jsonl)
 eval_shots = 2
 eval_limit = 0            # 0 = every problem of the evaluation set
-eval_max_new_tokens = 64
+eval_max_new_tokens = 80
 eval_batch = 128
 baselines = True          # raw-token-match and raw-FLOP-match
 oracle = True             # also train on the bootstrap split with its GOLD thoughts (what a perfect E-step would
@@ -139,8 +140,8 @@ def run_estep(cfg, ckpt, d, estep):
 
 # minutes each kind of stage took in the default run of each preset (README, Results): the first ETA; later ETAs
 # scale it by how fast this machine has been so far
-EXPECTED_MIN = {"cpu": {"data": 0.1, "base": 1.4, "m0": 1.5, "raw_token_match": 0.8, "raw_flop_match": 1.6,
-                        "estep": 1.6, "mstep": 1.6, "oracle": 1.6},
+EXPECTED_MIN = {"cpu": {"data": 0.1, "base": 1.1, "m0": 1.3, "raw_token_match": 1.2, "raw_flop_match": 2.6,
+                        "estep": 1.6, "mstep": 2.8, "oracle": 2.7},
                 "gpu": {}}
 
 

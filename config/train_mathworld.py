@@ -1,5 +1,5 @@
 # The default model for the embedded math corpus (em.py's M-steps, with its mathworld tokenizer): 0.85M
-# parameters, small enough that the whole EM run (em.py) takes about 16 minutes on a 2-core CPU (README, "Results").
+# parameters, small enough that the whole EM run (em.py) takes about 22 minutes on a 2-core CPU (README, "Results").
 #     python train.py config/train_mathworld.py --train_bins="['runs/default/data/warm_aug.bin']" --max_tokens=2000000
 n_layer = 4
 n_head = 4

@@ -48,11 +48,14 @@ from data.tokenizer import DIGITS_PAT, MATHWORLD_BPE, fit_bpe, get_tokenizer, sa
 WORLD = dict(
     n_docs=2000,                          # warm start + bootstrap documents
     problems_per_doc=(3, 5),              # problems per document (min, max)
-    families=("chain", "total", "word"),  # problem families (FAMILIES)
-    max_level=2,                          # problems have 2 to max_level + 1 steps
-    warm_max_level=0,                     # > 0: the warm-start split's problems have at most warm_max_level + 1 steps
-    warm_long_share=0.0,                  # with warm_max_level: this share of warm problems comes from every level
-    n_eval=500,                           # held-out problems in eval.jsonl and in valid.jsonl (each)
+    families=("chain",),                  # problem families (FAMILIES); serial chains need thoughts, raw text
+                                          # learns parallel sums without them (docs/bootstrapping.md)
+    max_level=4,                          # problems have 2 to max_level + 1 steps
+    warm_max_level=3,                     # > 0: the warm-start split's problems have at most warm_max_level + 1 steps
+                                          # (a difficulty ladder: the teacher writes mostly short derivations)
+    warm_long_share=0.3,                  # with warm_max_level: this share of warm problems comes from every level
+                                          # (a few long teacher thoughts, so that M_0 sometimes samples a right one)
+    n_eval=1000,                          # held-out problems in eval.jsonl and in valid.jsonl (each): +-0.03 at 95%
     warm_fraction=0.2,                    # the share of documents with teacher thoughts
     teacher_error_rate=0.0,               # the fraction of teacher thoughts with a wrong step
 )
