@@ -503,9 +503,8 @@ def plot_by_setting(plt, runs, key):
     all runs report, with the 95% interval on the run's own split; M_0 (shared by --reuse_from) as a line."""
     fig, ax = plt.subplots(figsize=(6, 4))
     pts = sorted((c[key], c, rows) for c, rows in runs if "EM iteration 1" in rows)
-    xs = [x for x, _, _ in pts]
+    xs, figs = [x for x, _, _ in pts], [run_figures(c, rows) for _, c, rows in pts]
     for n, split in enumerate(("eval", "valid")):
-        figs = [run_figures(c, rows) for _, c, rows in pts]
         if not figs or any(f["EM iteration 1"][split] is None for f in figs):
             continue
         ys = [f["EM iteration 1"][split] for f in figs]
