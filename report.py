@@ -286,12 +286,45 @@ def table(rows, split="eval"):
     return head, out
 
 
+def steps_table(rows):
+    """Accuracy by the problem's number of steps (the embedded world's ladder: level + 1), and for each E-step the
+    gold-result agreement chosen / random of K and the transfer on each rung: where the climb and its losses sit.
+    None when the evaluation set has no levels."""
+    levels = sorted({int(k) for r in rows.values() for k in (r.get("breakdown") or {}).get("level", {})})
+    if not levels:
+        return None
+    head = ["run"] + [f"{n + 1} steps" for n in levels]
+    out, chosen_before = [], {}
+    for name, r in rows.items():
+        acc = (r.get("breakdown") or {}).get("level", {})
+        cells = [num((acc.get(str(n)) or {}).get("accuracy"), ".2f") for n in levels]
+        e = (r.get("estep") or {}).get("by_steps") or {}
+        for i, n in enumerate(levels):
+            rung = e.get(str(n + 1))
+            if rung:
+                before = chosen_before.get(str(n + 1))
+                cells[i] += (f"; E-step {rung['agree_chosen']:.2f} / {rung['agree_random']:.2f}"
+                             + (f" ({rung['agree_random'] - before:+.2f})" if before is not None else ""))
+        chosen_before = {k: v["agree_chosen"] for k, v in e.items()} if e else chosen_before
+        out.append([name] + cells)
+    return head, out
+
+
+def markdown_table(head, cells):
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(map(str, c)) + " |"
+                                                                          for c in cells]
+
+
 def results_markdown(cfg, rows):
-    head, cells = table(rows, cfg.get("eval_split", "eval"))
     lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, "
-             f"{'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, c)) + " |" for c in cells])
+             f"{'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}", ""]
+    lines += markdown_table(*table(rows, cfg.get("eval_split", "eval")))
+    by_steps = steps_table(rows)
+    if by_steps:
+        lines += ["", "By the problem's number of steps: accuracy; for EM iterations also the E-step's gold-result "
+                  "agreement, chosen / random of K, and in brackets the transfer on that rung (random of K minus the "
+                  "previous E-step's chosen)", ""] + markdown_table(*by_steps)
+    return "\n".join(lines)
 
 
 def results_table(rows, split="eval"):

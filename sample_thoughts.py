@@ -43,7 +43,7 @@ from data.files import (build_augmented_bin, check_settings, chunk_prefix, read_
                         write_json, write_jsonl)
 from data.latent import fit_context, joint_sequence, posterior_prompt, thought_stop_token
 from common import load_checkpoint, print0, setup, teardown
-from data.mathworld import steps_valid, thought_result
+from data.mathworld import steps_valid, thought_result, thought_steps
 from data.tokenizer import get_tokenizer
 import vllm_engine
 
@@ -335,11 +335,18 @@ def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
         result_fn = result_fn or thought_result
         pairs = [(r, result_fn(golds[r["id"]])) for r in rows if r["id"] in golds]
         pairs = [(r, g) for r, g in pairs if g is not None]  # only chunks whose gold thought states a result
-        summary.update(gold_chunks=len(pairs),
-                       agree_chosen=mean([result_fn(r["thought"]) == g for r, g in pairs]) if pairs else None,
-                       # a thought picked uniformly among the K: the expected agreement, exactly
-                       agree_random=mean([mean([result_fn(x["text"]) == g for x in r["samples"]]) for r, g in pairs])
-                       if pairs else None)
+        # agreement with the gold result: the chosen thought, and a thought picked uniformly among the K (exactly
+        # its expectation)
+        agree = lambda ps: dict(agree_chosen=mean([result_fn(r["thought"]) == g for r, g in ps]) if ps else None,
+                                agree_random=mean([mean([result_fn(x["text"]) == g for x in r["samples"]])
+                                                   for r, g in ps]) if ps else None)
+        summary.update(gold_chunks=len(pairs), **agree(pairs))
+        # the same by the gold thought's number of steps (the ladder's rungs): where the E-step's choice is far
+        # above its own random sample, and where the next M-step keeps it or not
+        rungs = {}
+        for r, g in pairs:
+            rungs.setdefault(thought_steps(golds[r["id"]]), []).append((r, g))
+        summary["by_steps"] = {str(n): dict(chunks=len(ps), **agree(ps)) for n, ps in sorted(rungs.items())}
     if golds is not None and problems is not None:
         # only chunks whose gold thought passes the check itself (a corpus with another thought format has none)
         checked = [r for r in rows if r["id"] in golds and steps_valid(golds[r["id"]], problems.get(r["id"], ""))]

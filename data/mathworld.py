@@ -168,6 +168,12 @@ def thought_result(text):
     return r or None
 
 
+def thought_steps(text):
+    """How many steps a derivation has before its '=> result' (0 for a thought that is not a derivation): the rung
+    of the difficulty ladder a chunk sits on, for figures broken down by length."""
+    return text.rsplit("=>", 1)[0].count(";") + 1 if "=>" in text else 0
+
+
 STEP = re.compile(r"^\s*(-?\d+)\s*(\+|-|\*|/|mod)\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 WORD_NUMBERS = {"double": 2, "triple": 3}
 

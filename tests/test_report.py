@@ -192,6 +192,23 @@ def test_transfer_is_this_random_of_k_minus_the_previous_choice():
     assert [c[col] for c in cells] == ["", "", "-0.050"]  # 0.65 at iteration 2 against 0.70 chosen at 1
 
 
+def test_steps_table_gives_each_rung_its_accuracy_agreement_and_transfer():
+    from report import results_markdown
+    level = lambda *a: {"level": {str(i + 1): {"accuracy": x, "n": 10} for i, x in enumerate(a)}}
+    row = lambda acc, steps: {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "tokens": 1e6, "breakdown": acc,
+                              "estep": {"agree_chosen": 0.5, "agree_random": 0.3, "wall_s": 60, "by_steps": steps}}
+    rung = lambda c, r: {"chunks": 10, "agree_chosen": c, "agree_random": r}
+    rows = {"M0 (warm start)": {"accuracy": 0.4, "ci_low": 0.3, "ci_high": 0.5, "tokens": 1e6,
+                                "breakdown": level(0.9, 0.2)},
+            "EM iteration 1": row(level(0.95, 0.5), {"2": rung(0.9, 0.8), "3": rung(0.6, 0.2)}),
+            "EM iteration 2": row(level(0.99, 0.7), {"2": rung(0.95, 0.9), "3": rung(0.8, 0.45)})}
+    md = results_markdown({"K": 4, "selection": "importance", "continue_from_previous": False}, rows)
+    assert "| run | 2 steps | 3 steps |" in md and "| M0 (warm start) | 0.90 | 0.20 |" in md
+    assert "| EM iteration 1 | 0.95; E-step 0.90 / 0.80 | 0.50; E-step 0.60 / 0.20 |" in md
+    # iteration 2's random of K on a rung minus iteration 1's chosen on the same rung: +0.00 and -0.15
+    assert "| EM iteration 2 | 0.99; E-step 0.95 / 0.90 (+0.00) | 0.70; E-step 0.80 / 0.45 (-0.15) |" in md
+
+
 def test_spread_is_mean_min_max_of_what_every_run_has():
     from report import spread, spread_markdown
     acc = lambda a, **e: {"accuracy": a, "ci_low": a - 0.1, "ci_high": a + 0.1, "tokens": 1e6, "valid": {"accuracy": a / 2},

@@ -15,7 +15,7 @@ from data.latent import coin_flips, joint_sequence, posterior_prompt, posterior_
 from data.tokenizer import get_tokenizer
 from common import save_checkpoint
 from model import GPT, GPTConfig
-from sample_thoughts import chunk_stats, context_budget, sample_thoughts, select
+from sample_thoughts import chunk_stats, context_budget, sample_thoughts, select, summarize
 
 tok = get_tokenizer("byte")
 BLOCK, THOUGHT = 96, 16
@@ -125,6 +125,24 @@ def test_select():
     assert select(log_w, [True] * 4, "argmax", g) == 1
     with pytest.raises(ValueError, match="selection"):
         select(log_w, none, "best", g)
+
+
+def test_agreement_by_steps_splits_the_overall_figures():
+    # two 2-step chunks (chosen right; one of two samples right) and one 3-step chunk (chosen wrong; both wrong)
+    sample = lambda z: {"text": z, "logw": 0.0, "truncated": False, "exact": True, "n_tokens": 5}
+    rows = [{"id": "a", "thought": "1+1=2; 2*2=4 => 4", "chosen": 0, "x_tokens": 3,
+             "samples": [sample("1+1=2; 2*2=4 => 4"), sample("1+1=2; 2+2=5 => 5")]},
+            {"id": "b", "thought": "2+1=3; 3*2=6 => 6", "chosen": 0, "x_tokens": 3,
+             "samples": [sample("2+1=3; 3*2=6 => 6"), sample("2+1=3; 3+2=5 => 5")]},
+            {"id": "c", "thought": "1+1=2 => 2", "chosen": 0, "x_tokens": 3,
+             "samples": [sample("1+1=2 => 2"), sample("1+2=3 => 3")]},
+            {"id": "d", "thought": "Exercises.", "chosen": 0, "x_tokens": 3, "samples": [sample("Exercises.")] * 2}]
+    golds = {"a": "1+1=2; 2*2=4 => 4", "b": "2+1=3; 3*2=6 => 6", "c": "1+1=2; 2+3=5; 5*2=10 => 10",
+             "d": "Exercises."}  # d states no result: in no rung
+    s = summarize(rows, {"K": 2, "selection": "importance"}, golds)
+    assert s["gold_chunks"] == 3 and abs(s["agree_chosen"] - 2 / 3) < 1e-9 and abs(s["agree_random"] - 1 / 3) < 1e-9
+    assert s["by_steps"] == {"2": {"chunks": 2, "agree_chosen": 1.0, "agree_random": 0.5},
+                             "3": {"chunks": 1, "agree_chosen": 0.0, "agree_random": 0.0}}
 
 
 def test_chunk_stats():
