@@ -68,7 +68,8 @@ train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
 base_epochs = 2.0         # pretrain the base on the background text for this many passes (0 = a fresh init)
 mstep_epochs = 7.0        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap); at half
                           # of it a skill forms in one training and not in another (docs/bootstrapping.md)
-m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (docs/method.md, Warm start)
+m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (docs/method.md, Warm start); M_0 is
+                          # a lottery at 16 and strong from 24, with little left to bootstrap (docs/bootstrapping.md)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 # E-step (sample_thoughts.py)
 K = 4
