@@ -328,7 +328,10 @@ def results_markdown(cfg, rows):
 
 
 def results_table(rows, split="eval"):
-    head, cells = table(rows, split)
+    return html_table(*table(rows, split))
+
+
+def html_table(head, cells):
     out = ["<table class='results'><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
     out += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in cells]
     return "\n".join(out + ["</table>"])
@@ -410,6 +413,11 @@ def write_report(run_dir, out=None, n_chunks=N_CHUNKS):
     plt = pyplot()
     body = [settings_line(cfg)] + ([f"<p class='note'>{esc(note)}</p>"] if note else [])
     body += ["<h2>Results</h2>", results_table(rows, cfg.get("eval_split", "eval"))]
+    by_steps = steps_table(rows)
+    if by_steps:
+        body += ["<h2>By the problem's number of steps</h2>", "<p class='note'>Accuracy; for EM iterations also the "
+                 "E-step's gold-result agreement, chosen / random of K, and in brackets the transfer on that rung.</p>",
+                 html_table(*by_steps)]
     if plt is None:
         body.append(NO_PLOTS)
     else:

@@ -64,6 +64,12 @@ def test_em_writes_the_page_with_every_row_and_the_plots(smoke_run, page):
         assert f"<td>{name}</td><td>{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})</td>" in page
     e = rows["EM iteration 2"]["estep"]
     assert f"<td>{e['elbo']:.2f}</td><td>{e['ess']:.2f}</td><td>{e['agree_chosen']:.3f} / {e['agree_random']:.3f}</td>" in page
+    # the table by the problem's number of steps: every rung of the evaluation set, with the E-step's agreement there
+    levels = sorted(rows["M0 (warm start)"]["breakdown"]["level"], key=int)
+    by_steps = page.split("<h2>By the problem's number of steps</h2>")[1].split("</table>")[0]
+    assert "".join(f"<th>{int(n) + 1} steps</th>" for n in levels) in by_steps
+    shown = [r for steps, r in e["by_steps"].items() if str(int(steps) - 1) in levels]
+    assert shown and all(f"E-step {r['agree_chosen']:.2f} / {r['agree_random']:.2f}" in by_steps for r in shown)
     imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">', page)
     try:
         import matplotlib  # noqa: F401  (an optional extra: without it the plots are left out, tested below)
