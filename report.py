@@ -501,15 +501,14 @@ def spread_markdown(runs, labels):
     head = ["run", "accuracy on eval: mean (min-max)", "on valid", "step from the previous row", "gold result: chosen",
             "random of K", "sound: chosen", "transfer", "accuracy per run (" + ", ".join(labels) + ")"]
     cell = lambda s, k: f"{s[k][0]:.3f} ({s[k][1]:.3f}-{s[k][2]:.3f})" if k in s else ""
-    lines = [f"{len(runs)} runs: " + ", ".join(labels), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cells = []
     for name, s in spread(runs):
         per = s.get("eval") or s.get("valid")
         step = f"{s['step'][0]:+.3f} ({s['step'][1]:+.3f} to {s['step'][2]:+.3f})" if "step" in s else ""
         tr = f"{s['transfer'][0]:+.3f} ({s['transfer'][1]:+.3f} to {s['transfer'][2]:+.3f})" if "transfer" in s else ""
-        lines.append("| " + " | ".join([name, cell(s, "eval"), cell(s, "valid"), step, cell(s, "chosen"),
-                                        cell(s, "random"), cell(s, "sound"), tr,
-                                        " / ".join(f"{v:.3f}" for v in per[3]) if per else ""]) + " |")
-    return "\n".join(lines)
+        cells.append([name, cell(s, "eval"), cell(s, "valid"), step, cell(s, "chosen"), cell(s, "random"),
+                      cell(s, "sound"), tr, " / ".join(f"{v:.3f}" for v in per[3]) if per else ""])
+    return "\n".join([f"{len(runs)} runs: " + ", ".join(labels), ""] + markdown_table(head, cells))
 
 
 def plot_spread(plt, runs, labels):
