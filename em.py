@@ -73,6 +73,7 @@ m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (d
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 # E-step (sample_thoughts.py)
 K = 4
+estep_temperature = 1.0   # the proposal's temperature (sample_thoughts.py: temperature; the paper: 1)
 selection = "importance"  # importance | uniform | argmax
 n_prefix = 1              # prefix chunks given to the posterior (docs/method.md, Where this project differs)
 max_thought_tokens = 64   # a 5-step derivation fits
@@ -123,6 +124,8 @@ def stage_config(cfg, name):
         keys += ["m0_epochs"]
     if name.startswith("iter"):
         keys += ["K", "selection", "n_prefix", "max_thought_tokens", "estep_batch", "continue_from_previous"]
+        if cfg["estep_temperature"] != 1:  # only when set: runs made before the option continue as they were
+            keys += ["estep_temperature"]
     return {k: cfg[k] for k in keys}
 
 
@@ -357,7 +360,8 @@ class Run:
         prev = os.path.join(rd, "m0", "ckpt.pt")
         for t in range(1, cfg["iters"] + 1):
             e = self.stage(f"iter{t}/estep", lambda d: run_estep(cfg, prev, d, lambda **engine: sample_thoughts(
-                prev, self.path("boot.chunks.jsonl"), d, K=cfg["K"], max_thought_tokens=cfg["max_thought_tokens"],
+                prev, self.path("boot.chunks.jsonl"), d, K=cfg["K"], temperature=cfg["estep_temperature"],
+                max_thought_tokens=cfg["max_thought_tokens"],
                 selection=cfg["selection"], n_prefix=cfg["n_prefix"], seed=cfg["seed"] * 1000 + t,
                 batch_size=cfg["estep_batch"], gold=self.gold, **engine)))
             init = prev if cfg["continue_from_previous"] else self.base

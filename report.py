@@ -316,7 +316,8 @@ def markdown_table(head, cells):
 
 
 def results_markdown(cfg, rows):
-    lines = [f"K = {cfg['K']}, selection = {cfg['selection']}, "
+    T = cfg.get("estep_temperature", 1.0)
+    lines = [f"K = {cfg['K']}, " + (f"temperature {T}, " if T != 1 else "") + f"selection = {cfg['selection']}, "
              f"{'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}", ""]
     lines += markdown_table(*table(rows, cfg.get("eval_split", "eval")))
     by_steps = steps_table(rows)

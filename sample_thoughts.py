@@ -52,6 +52,8 @@ ckpt = ""                 # the current model (M_{t-1})
 chunks = ""               # chunk file (data/files.py format)
 out_dir = "out/estep"
 K = 4                     # thoughts sampled per chunk (docs/method.md, E-step 1: 4)
+temperature = 1.0         # the proposal's temperature (the paper: 1). log q is taken under the tempered proposal,
+                          # so the weights p/q stay exact importance weights for any value (docs/bootstrapping.md)
 max_thought_tokens = 160  # paper: 1024
 selection = "importance"  # importance | uniform | argmax
 n_prefix = 3              # prefix chunks (docs/method.md, The official code's settings: 3 when bootstrapping)
@@ -129,17 +131,18 @@ def context_budget(model, tok, max_thought_tokens):
     return ctx
 
 
-def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cuda, server=None):
+def infer_batch(model, tok, contexts, K, max_thought_tokens, gen_seed, meter, cuda, server=None, temperature=1.0):
     """K thoughts for each (P, X) of a batch, with log q, log p and log w. Returns one list of K samples per chunk.
     server: a vllm_engine.Server that samples and scores in the model's place (--engine=vllm)."""
     ctx = context_budget(model, tok, max_thought_tokens)
     stop = thought_stop_token(tok)
     # a thought is text: the other control tokens are banned (they would decode to their names, not re-encode)
     banned = [t for t in [tok.eot] + tok.latent_ids if t != stop]
-    # E-step 1: Z_k ~ q(Z | X, P), K per chunk, at temperature 1 with no top-k/top-p: the log-probs are log q
+    # E-step 1: Z_k ~ q(Z | X, P), K per chunk, with no top-k/top-p (they would leave log q undefined off the kept
+    # tokens); at a temperature T the proposal is softmax(logits / T) and generate returns its log-probs: log q
     with timed(meter, "decode", cuda):
         toks, logq, finished = (server or model).generate([posterior_prompt(tok, P, X, max_tokens=ctx) for P, X in contexts],
-                                              num_samples=K, max_new_tokens=max_thought_tokens, temperature=1.0,
+                                              num_samples=K, max_new_tokens=max_thought_tokens, temperature=temperature,
                                               stop_tokens=[stop], banned_tokens=banned, seed=gen_seed)
     bodies = [t[:-1] if done else t for t, done in zip(toks, finished)]
     thoughts = [tok.decode(b) for b in bodies]
@@ -167,7 +170,7 @@ def run_shard(model, tok, part, s, cfg, meter, cuda, bar, server=None):
     for b in range(0, len(order), batch_size):
         idx = order[b:b + batch_size]
         got = infer_batch(model, tok, [contexts[j] for j in idx], K, max_thought_tokens,
-                          derived_seed(seed, s, 1 + b // batch_size), meter, cuda, server)
+                          derived_seed(seed, s, 1 + b // batch_size), meter, cuda, server, cfg["temperature"])
         for j, samples in zip(idx, got):
             found[j] = samples
         meter["tokens"] += sum(x["n_tokens"] + (not x["truncated"]) for samples in got for x in samples)
@@ -211,6 +214,13 @@ def check(cfg):
         raise ValueError(f"selection must be one of {SELECTIONS}, got {cfg['selection']!r}")
     if cfg["engine"] not in ("torch", "vllm"):
         raise ValueError(f"engine must be torch or vllm, got {cfg['engine']!r}")
+    T = cfg["temperature"]
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not T > 0:
+        raise ValueError(f"temperature (of the E-step's proposal) must be a number > 0, got {T!r}")
+    if cfg["engine"] == "vllm" and T != 1:
+        # vLLM returns the log-probs of the untempered model by default, which are not log q at T != 1
+        raise ValueError(f"temperature={T!r}: the vllm engine samples at temperature 1 only (its log-probs would "
+                         "not be the proposal's)")
 
 
 def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=None, **settings):
@@ -244,6 +254,8 @@ def sample_thoughts(ckpt, chunks, out_dir, result_fn=None, stop_after_shards=Non
     # the settings that decide the result: resuming with other ones would mix two E-steps in one output
     keys = ("K", "max_thought_tokens", "selection", "n_prefix", "seed", "batch_size", "shard_size", "limit")
     made_with = dict(ckpt=os.path.abspath(ckpt), chunks=os.path.abspath(chunks), **{k: cfg[k] for k in keys})
+    if cfg["temperature"] != 1:  # recorded only when set: E-steps made before the option continue as they were
+        made_with["temperature"] = cfg["temperature"]
     if server is not None:  # its samples are not the torch engine's: the two do not continue each other's shards
         made_with["engine"] = "vllm"
     settings_path = os.path.join(out_dir, "settings.json")

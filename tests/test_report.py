@@ -213,6 +213,10 @@ def test_steps_table_gives_each_rung_its_accuracy_agreement_and_transfer():
     assert "| EM iteration 1 | 0.95; E-step 0.90 / 0.80 | 0.50; E-step 0.60 / 0.20 |" in md
     # iteration 2's random of K on a rung minus iteration 1's chosen on the same rung: +0.00 and -0.15
     assert "| EM iteration 2 | 0.99; E-step 0.95 / 0.90 (+0.00) | 0.70; E-step 0.80 / 0.45 (-0.15) |" in md
+    assert md.startswith("K = 4, selection = importance, restart from base")  # temperature 1 (the default) unsaid
+    tempered = results_markdown({"K": 4, "selection": "importance", "continue_from_previous": False,
+                                 "estep_temperature": 0.7}, rows)
+    assert tempered.startswith("K = 4, temperature 0.7, selection = importance")
 
 
 def test_spread_is_mean_min_max_of_what_every_run_has():

@@ -264,6 +264,46 @@ def test_thoughts_that_re_encode_longer_still_fit(tmp_path):
     assert any(len(tok.encode(x["text"])) > THOUGHT for r in rows for x in r["samples"])  # longer than sampled
 
 
+def test_tempered_proposal_records_its_own_log_q(setup):
+    # E-step 1 at a temperature T: log q is the tempered proposal's, log p the model's own; resuming the T = 1
+    # output at another T is refused (the two would mix in one E-step)
+    T, out = 0.5, str(setup["d"] / "tempered")
+    sample_thoughts(setup["ckpt"], setup["chunks"], out, temperature=T, **setup["kw"])
+    m = rigged_model()
+    ctx = context_budget(m, tok, THOUGHT)
+    banned = torch.tensor([tok.eot, tok.sol, tok.prior, tok.posterior])
+    by_id = {c["id"]: (doc, i) for doc in read_chunks(setup["chunks"]) for i, c in enumerate(doc)}
+    rows = shard_rows(out)
+    for r in rows:
+        doc, i = by_id[r["id"]]
+        P, X = chunk_prefix(doc, i, 3), doc[i]["text"]
+        for s in r["samples"]:
+            prompt = posterior_prompt(tok, P, X, max_tokens=ctx)
+            seq = prompt + tok.encode(s["text"]) + ([] if s["truncated"] else [tok.eol])
+            logits = m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float()
+            logits[:, banned] = float("-inf")
+            lp = F.log_softmax(logits / T, -1)
+            assert abs(sum(lp[t - 1, seq[t]].item() for t in range(len(prompt), len(seq))) - s["logq"]) < 1e-4
+            seq, start = joint_sequence(tok, P, X, s["text"], max_tokens=ctx)
+            lp = F.log_softmax(m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float(), -1)
+            assert abs(sum(lp[t - 1, seq[t]].item() for t in range(start, len(seq))) - s["logp"]) < 1e-4
+            assert abs(s["logw"] - (s["logp"] - s["logq"])) < 1e-9
+    # a sharper proposal: its thoughts are more probable under their own q than the T = 1 thoughts under theirs
+    mean_logq = lambda rs: sum(s["logq"] / max(1, s["n_tokens"]) for r in rs for s in r["samples"]) / sum(len(r["samples"]) for r in rs)
+    assert mean_logq(rows) > mean_logq(shard_rows(setup["full"]))
+    with pytest.raises(ValueError, match="temperature"):
+        sample_thoughts(setup["ckpt"], setup["chunks"], setup["full"], temperature=T, **setup["kw"])
+
+
+@pytest.mark.parametrize("bad, engine, message", [(0, "torch", "must be a number > 0"), (-1.0, "torch", "must be a number > 0"),
+                                                  (0.7, "vllm", "vllm engine samples at temperature 1 only")])
+def test_bad_temperature_is_refused_before_any_work(tmp_path, bad, engine, message):
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=message):
+        sample_thoughts(str(tmp_path / "none.pt"), str(tmp_path / "none.jsonl"), out, temperature=bad, engine=engine)
+    assert not os.path.exists(out)
+
+
 def test_bad_chunk_file_names_its_line(setup):
     bad = str(setup["d"] / "bad.chunks.jsonl")
     with open(bad, "w") as f:
