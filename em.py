@@ -61,6 +61,7 @@ warm_long_share = mathworld.WORLD["warm_long_share"]  # with warm_max_level: thi
 n_eval = mathworld.WORLD["n_eval"]  # held-out problems in eval.jsonl and in valid.jsonl (each)
 warm_fraction = mathworld.WORLD["warm_fraction"]  # the share with teacher thoughts (docs/method.md, Warm start)
 teacher_error_rate = mathworld.WORLD["teacher_error_rate"]  # the fraction of teacher thoughts with a wrong step
+thought_style = mathworld.WORLD["thought_style"]  # terse | restate (data/mathworld.py: THOUGHT_STYLES)
 tokenizer = "mathworld"   # mathworld (BPE fitted to the corpus) | byte
 # M-step (train.py): a preset, and the budget every training gets (docs/method.md, M-step: the same every iteration)
 train_config = "config/train_mathworld.py"
@@ -114,6 +115,8 @@ def stage_config(cfg, name):
     result (--K=1 on a finished K=4 run_dir would otherwise print the K=4 table)."""
     keys = ["data_dir", "data_seed", "n_docs", "problems_per_doc", "families", "max_level", "warm_fraction", "teacher_error_rate",
             "tokenizer", "warm_max_level", "warm_long_share", "n_eval"]
+    if cfg["thought_style"] != "terse":  # only when set: runs made before the option continue as they were
+        keys += ["thought_style"]
     if name != "data":
         keys += ["seed", "train_config", "train_overrides"]
     if name != "data":
@@ -276,7 +279,7 @@ class Run:
                         problems_per_doc=tuple(cfg["problems_per_doc"]), families=tuple(cfg["families"]),
                         max_level=cfg["max_level"], warm_max_level=cfg["warm_max_level"],
                         warm_long_share=cfg["warm_long_share"], n_eval=cfg["n_eval"],
-                        n_valid=cfg["n_eval"])
+                        n_valid=cfg["n_eval"], thought_style=cfg["thought_style"])
             barrier()
             return {name: n_tokens(self.path(name + ".bin"))
                     for name in ("warm_raw", "warm_aug", "boot_raw", "val_raw", "val_aug", "background")

@@ -58,9 +58,12 @@ WORLD = dict(
     n_eval=1000,                          # held-out problems in eval.jsonl and in valid.jsonl (each): +-0.03 at 95%
     warm_fraction=0.2,                    # the share of documents with teacher thoughts
     teacher_error_rate=0.0,               # the fraction of teacher thoughts with a wrong step
+    thought_style="terse",                # terse: "7+5=12; ..." | restate: "add 5: 7+5=12; ..." (chain only; each
+                                          # step first copies the problem's words for it: docs/bootstrapping.md)
 )
 KNOBS = ("problems_per_doc", "families", "max_level", "warm_max_level", "warm_long_share", "n_eval",
-         "teacher_error_rate")  # generate's
+         "teacher_error_rate", "thought_style")  # generate's
+THOUGHT_STYLES = ("terse", "restate")
 
 NAMES = ["Ann", "Ben", "Mia", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eva", "Tom"]
 ITEMS = ["apples", "pens", "cards", "coins", "books", "shells", "stamps", "marbles"]
@@ -141,9 +144,10 @@ OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b
        "mod": lambda a, b: a % b}
 
 
-def derivation(steps, answer, rng=None, error_rate=0.0):
+def derivation(steps, answer, rng=None, error_rate=0.0, words=None):
     """The gold thought for a result chunk: 'a op b = v' steps, then '=> result'. With probability error_rate
-    (teacher noise) one step's value is off by a small amount, and later steps use the wrong value."""
+    (teacher noise) one step's value is off by a small amount, and later steps use the wrong value. words: one
+    label per step, written before it ('double: 12*2=24'), the restate style."""
     bad = int(rng.integers(len(steps))) if rng is not None and rng.random() < error_rate else -1
     out, fix = [], {}
     for i, (a, op, b, v) in enumerate(steps):
@@ -154,8 +158,17 @@ def derivation(steps, answer, rng=None, error_rate=0.0):
         if w != v:
             fix[v] = w
         sep = " " if op == "mod" else ""
-        out.append(f"{a}{sep}{op}{sep}{b}={w}")
+        out.append((f"{words[i]}: " if words else "") + f"{a}{sep}{op}{sep}{b}={w}")
     return "; ".join(out) + f" => {fix.get(answer, answer)}"
+
+
+def chain_words(steps):
+    """The words of a chain problem for each of its steps, as the problem states them ('add 5', 'double', ...,
+    'then subtract 3'): a restate-style thought copies them, so that finding the next operation is a copy of the
+    words after the last one copied, not a count of the operations done so far (docs/bootstrapping.md)."""
+    word = lambda op, b: {"+": f"add {b}", "-": f"subtract {b}"}.get(op) or {2: "double", 3: "triple"}[b]
+    words = [word(op, b) for _, op, b, _ in steps]
+    return words[:-1] + [f"then {words[-1]}"]
 
 
 def thought_result(text):
@@ -189,7 +202,7 @@ def steps_valid(text, problem):
     known |= {v for w, v in WORD_NUMBERS.items() if w in problem}
     value = None
     for step in body.split(";"):
-        m = STEP.match(step)
+        m = STEP.match(step.rsplit(":", 1)[-1])  # a restate-style step: its words, then the arithmetic
         if not m:
             return False
         a, op, b, v = int(m[1]), m[2], int(m[3]), int(m[4])
@@ -200,13 +213,14 @@ def steps_valid(text, problem):
     return result.strip() == str(value)
 
 
-def problem(rng, families, max_level, error_rate=0.0):
+def problem(rng, families, max_level, error_rate=0.0, style="terse"):
     name = families[rng.integers(len(families))]
     level = int(rng.integers(1, max_level + 1))
     text, steps, answer = FAMILIES[name](rng, level)
+    words = chain_words(steps) if style == "restate" else None
     return {"problem": text, "answer": str(answer), "family": name, "level": level,
-            "thought": derivation(steps, answer, rng, error_rate),
-            "gold_thought": derivation(steps, answer)}
+            "thought": derivation(steps, answer, rng, error_rate, words),
+            "gold_thought": derivation(steps, answer, words=words)}
 
 
 FIRST_THOUGHT = "Exercises."
@@ -230,7 +244,8 @@ def document(problems, thought="thought"):
 
 
 def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families=None, teacher_error_rate=0.0,
-             n_eval=500, n_exemplars=8, n_valid=0, exclude=(), warm_docs=0, warm_max_level=0, warm_long_share=0.0):
+             n_eval=500, n_exemplars=8, n_valid=0, exclude=(), warm_docs=0, warm_max_level=0, warm_long_share=0.0,
+             thought_style="terse"):
     """
     Deterministic from seed. Returns (docs, eval_problems, exemplars), and the validation problems too when
     n_valid > 0. A doc is a list of chunks {"text", "thought"} where thought is what the (possibly noisy) teacher
@@ -240,10 +255,14 @@ def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families
     warm_long_share of the warm problems still come from every level (a few long teacher thoughts).
     """
     families = list(families or DEFAULT_FAMILIES)
+    if thought_style not in THOUGHT_STYLES:
+        raise ValueError(f"thought_style must be one of {THOUGHT_STYLES}, got {thought_style!r}")
+    if thought_style == "restate" and set(families) != {"chain"}:
+        raise ValueError(f"thought_style='restate' is defined for the chain family only, got families={families}")
     rng = np.random.default_rng(seed)
     held, seen = [], set(exclude)
     while len(held) < n_eval + n_exemplars + n_valid:
-        p = problem(rng, families, max_level)
+        p = problem(rng, families, max_level, style=thought_style)
         if p["problem"] not in seen:
             seen.add(p["problem"]); held.append(p)
     docs = []
@@ -251,9 +270,9 @@ def generate(seed=0, n_docs=4000, problems_per_doc=(3, 5), max_level=3, families
         problems, level = [], min(max_level, warm_max_level) if warm_max_level and d < warm_docs else max_level
         for _ in range(int(rng.integers(problems_per_doc[0], problems_per_doc[1] + 1))):
             top = max_level if level < max_level and warm_long_share and rng.random() < warm_long_share else level
-            p = problem(rng, families, top, teacher_error_rate)
+            p = problem(rng, families, top, teacher_error_rate, thought_style)
             while p["problem"] in seen:  # keep held-out problems out of training text
-                p = problem(rng, families, top, teacher_error_rate)
+                p = problem(rng, families, top, teacher_error_rate, thought_style)
             problems.append(p)
         docs.append(document(problems))
     evals, exemplars = held[n_exemplars:n_exemplars + n_eval], held[:n_exemplars]
@@ -324,6 +343,8 @@ def prepare(out_dir, seed=0, n_docs=WORLD["n_docs"], n_val_docs=200, warm_fracti
     knobs = {**knobs, **{k: WORLD[k] for k in KNOBS if k not in knobs}}  # the world's defaults, WORLD
     settings = dict(seed=seed, n_docs=n_docs, n_val_docs=n_val_docs, warm_fraction=warm_fraction,
                     tokenizer=tokenizer, n_valid=n_valid, n_background_docs=n_background_docs, **knobs)
+    if settings["thought_style"] == "terse":  # recorded only when set: corpora made before the option stay valid
+        del settings["thought_style"]
     meta = read_meta(out_dir)
     if meta:
         check_settings(f"{out_dir}/meta.json", meta.get("mathworld", {}), settings)

@@ -146,3 +146,29 @@ def test_steps_valid_tells_a_derivation_from_a_copied_result():
     for doc in docs:  # every gold derivation of the world passes on the problem it derives
         for prev, chunk in zip(doc, doc[1:]):
             assert steps_valid(chunk["gold"], prev["text"].rsplit("Problem:", 1)[-1])
+
+
+def test_restate_style_copies_each_steps_words_and_leaves_the_rest_as_it_was():
+    from data.mathworld import steps_valid, thought_steps
+    terse, _, _ = generate(seed=5, n_docs=60, families=["chain"], max_level=4, n_eval=20)
+    docs, held, exemplars = generate(seed=5, n_docs=60, families=["chain"], max_level=4, n_eval=20,
+                                     thought_style="restate")
+    # the same problems and documents (the style draws no random numbers); only the thoughts differ
+    assert [[c["text"] for c in d] for d in docs] == [[c["text"] for c in d] for d in terse]
+    for doc, tdoc in zip(docs, terse):
+        assert doc[0]["gold"] == tdoc[0]["gold"] == "Exercises."
+        for prev, chunk, tchunk in zip(doc, doc[1:], tdoc[1:]):
+            problem = prev["text"].rsplit("Problem:\n", 1)[-1].strip()
+            steps = chunk["gold"].rsplit(" =>", 1)[0].split("; ")
+            words = [s.split(": ")[0] for s in steps]
+            # the words are the problem's own, in its order, the last with its "then"
+            assert problem == "Start at " + problem.split(" ", 3)[2].rstrip(",") + ", " + ", ".join(words) + "."
+            assert [s.split(": ")[1] for s in steps] == tchunk["gold"].rsplit(" =>", 1)[0].split("; ")
+            assert thought_result(chunk["gold"]) == thought_result(tchunk["gold"])
+            assert thought_steps(chunk["gold"]) == thought_steps(tchunk["gold"]) and steps_valid(chunk["gold"], problem)
+    assert all(thought_result(p["gold_thought"]) == p["answer"] for p in held + exemplars)
+    assert not steps_valid("add 7: 5+7=12; then triple: 12*3=35 => 35", "Start at 5, add 7, then triple.")
+    with pytest.raises(ValueError, match="chain family only"):
+        generate(seed=0, n_docs=2, families=["chain", "word"], thought_style="restate")
+    with pytest.raises(ValueError, match="thought_style must be one of"):
+        generate(seed=0, n_docs=2, families=["chain"], thought_style="verbose")
