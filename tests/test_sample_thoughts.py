@@ -72,11 +72,24 @@ def read_bytes(path):
         return f.read()
 
 
+def recomputed(m, P, X, s, temperature=1.0):
+    """(log q, log p) of a recorded sample, by full forwards: log q under the proposal the thought was drawn
+    from (softmax(logits / T), control tokens other than <EOL> banned), log p(Z, X | P) every token after P."""
+    ctx = context_budget(m, tok, THOUGHT)
+    prompt = posterior_prompt(tok, P, X, max_tokens=ctx)
+    seq = prompt + tok.encode(s["text"]) + ([] if s["truncated"] else [tok.eol])
+    logits = m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float()
+    logits[:, [tok.eot, tok.sol, tok.prior, tok.posterior]] = float("-inf")
+    lp = F.log_softmax(logits / temperature, -1)
+    logq = sum(lp[t - 1, seq[t]].item() for t in range(len(prompt), len(seq)))
+    seq, start = joint_sequence(tok, P, X, s["text"], max_tokens=ctx)
+    lp = F.log_softmax(m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float(), -1)
+    return logq, sum(lp[t - 1, seq[t]].item() for t in range(start, len(seq)))
+
+
 def test_logq_logp_equal_full_forward(setup):
     m = rigged_model()
-    ctx = context_budget(m, tok, THOUGHT)
-    assert ctx == BLOCK - THOUGHT - 7  # <|endoftext|> <SOL><EOL> P <SOL><EOL> X <SOL><POSTERIOR>
-    banned = torch.tensor([tok.eot, tok.sol, tok.prior, tok.posterior])
+    assert context_budget(m, tok, THOUGHT) == BLOCK - THOUGHT - 7  # <|endoftext|> <SOL><EOL> P <SOL><EOL> X <SOL><POSTERIOR>
     by_id = {c["id"]: (doc, i) for doc in read_chunks(setup["chunks"]) for i, c in enumerate(doc)}
     rows = shard_rows(setup["full"])
     assert [r["id"] for r in rows] == list(by_id)
@@ -88,19 +101,9 @@ def test_logq_logp_equal_full_forward(setup):
             assert s["exact"]  # ASCII thoughts: the text gives back the sampled tokens
             z = tok.encode(s["text"])
             assert len(z) == s["n_tokens"] and tok.eol not in z
-            # log q: the proposal the thought was drawn from (control tokens other than <EOL> banned)
-            prompt = posterior_prompt(tok, P, X, max_tokens=ctx)
-            seq = prompt + z + ([] if s["truncated"] else [tok.eol])
-            logits = m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float()
-            logits[:, banned] = float("-inf")
-            lp = F.log_softmax(logits, -1)
-            logq = sum(lp[t - 1, seq[t]].item() for t in range(len(prompt), len(seq)))
-            assert abs(logq - s["logq"]) < 1e-4
-            # log p(Z, X | P): every token of the joint sequence after P
-            seq, start = joint_sequence(tok, P, X, s["text"], max_tokens=ctx)
-            lp = F.log_softmax(m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float(), -1)
-            logp = sum(lp[t - 1, seq[t]].item() for t in range(start, len(seq)))
-            assert abs(logp - s["logp"]) < 1e-4 and abs(s["logw"] - (s["logp"] - s["logq"])) < 1e-9
+            logq, logp = recomputed(m, P, X, s)
+            assert abs(logq - s["logq"]) < 1e-4 and abs(logp - s["logp"]) < 1e-4
+            assert abs(s["logw"] - (s["logp"] - s["logq"])) < 1e-9
             n_truncated += s["truncated"]
             n_finished += not s["truncated"]
         assert r["thought"] == r["samples"][r["chosen"]]["text"]
@@ -270,23 +273,13 @@ def test_tempered_proposal_records_its_own_log_q(setup):
     T, out = 0.5, str(setup["d"] / "tempered")
     sample_thoughts(setup["ckpt"], setup["chunks"], out, temperature=T, **setup["kw"])
     m = rigged_model()
-    ctx = context_budget(m, tok, THOUGHT)
-    banned = torch.tensor([tok.eot, tok.sol, tok.prior, tok.posterior])
     by_id = {c["id"]: (doc, i) for doc in read_chunks(setup["chunks"]) for i, c in enumerate(doc)}
     rows = shard_rows(out)
     for r in rows:
         doc, i = by_id[r["id"]]
-        P, X = chunk_prefix(doc, i, 3), doc[i]["text"]
         for s in r["samples"]:
-            prompt = posterior_prompt(tok, P, X, max_tokens=ctx)
-            seq = prompt + tok.encode(s["text"]) + ([] if s["truncated"] else [tok.eol])
-            logits = m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float()
-            logits[:, banned] = float("-inf")
-            lp = F.log_softmax(logits / T, -1)
-            assert abs(sum(lp[t - 1, seq[t]].item() for t in range(len(prompt), len(seq))) - s["logq"]) < 1e-4
-            seq, start = joint_sequence(tok, P, X, s["text"], max_tokens=ctx)
-            lp = F.log_softmax(m(torch.tensor([seq]))[0][0, :, :tok.n_vocab].float(), -1)
-            assert abs(sum(lp[t - 1, seq[t]].item() for t in range(start, len(seq))) - s["logp"]) < 1e-4
+            logq, logp = recomputed(m, chunk_prefix(doc, i, 3), doc[i]["text"], s, temperature=T)
+            assert abs(logq - s["logq"]) < 1e-4 and abs(logp - s["logp"]) < 1e-4
             assert abs(s["logw"] - (s["logp"] - s["logq"])) < 1e-9
     # a sharper proposal: its thoughts are more probable under their own q than the T = 1 thoughts under theirs
     mean_logq = lambda rs: sum(s["logq"] / max(1, s["n_tokens"]) for r in rs for s in r["samples"]) / sum(len(r["samples"]) for r in rs)
