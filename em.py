@@ -32,13 +32,14 @@ import torch
 from common import barrier, rank0, setup, teardown
 from configurator import config_files, defaults_of, parse_args, usage_error
 from data import mathworld
-from data.files import build_augmented_bin, check_contract, check_settings, open_bin, read_meta, write_json
+from data.files import (COINS, build_augmented_bin, build_passes_bin, check_contract, check_settings, open_bin,
+                        read_meta, write_json)
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
 from eval_math import evaluate
 from report import write_results
 from sample_thoughts import sample_thoughts
-from train import make_base, train
+from train import make_base, resolve, train
 import vllm_engine
 
 # ----------------------------------------------------------------------------- config
@@ -72,6 +73,15 @@ mstep_epochs = 7.0        # budget = mstep_epochs x the thought-augmented corpus
 m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (docs/method.md, Warm start); M_0 is
                           # a lottery at 16 and strong from 24, with little left to bootstrap (docs/bootstrapping.md)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
+sampler = "passes"        # passes: every training reads its corpus in whole passes, each document once per pass in
+                          # a shuffled order (the official loader) | windows: random windows with replacement (ablation)
+coin = "per_pass"         # per_pass: each pass tosses its own prior / posterior coin per chunk (the official
+                          # lingua/data.py) | frozen: the same coins every pass (ablation; sampler=windows: always)
+mstep_data = "all"        # all: the M-step trains on the warm-start split and the bootstrap split with its thoughts |
+                          # bootstrap: the bootstrap split alone (the official M-step); the budget counts what is
+                          # trained on
+raw_mix = 0.0             # the chance that a pass reads a thought-augmented document as its raw text (the official
+                          # mix_in_raw_ratio, 0 in its setups); sampler=passes only
 # E-step (sample_thoughts.py)
 K = 4
 estep_temperature = 1.0   # the proposal's temperature (sample_thoughts.py: temperature; the paper: 1)
@@ -85,6 +95,7 @@ vllm_port = 8000          # estep_engine=vllm: the port of the server started he
 vllm_tensor_parallel = 1  # estep_engine=vllm: --tensor-parallel-size of the server started here
 # evaluation (eval_math.py)
 eval_split = "eval"       # eval: the held-out evaluation set (final tables) | valid: other problems, for choosing settings
+also_valid = False        # also evaluate every model on valid.jsonl beside eval_split (twice the evaluation time)
 eval_data = ""            # any MATH- or GSM8K-shaped jsonl instead of the data directory's {eval_split}.jsonl
 eval_exemplars = ""       # its few-shot exemplars ("" = the data directory's exemplars.jsonl, or GSM8K's train.jsonl)
 eval_shots = 2
@@ -120,9 +131,11 @@ def stage_config(cfg, name):
     if name != "data":
         keys += ["seed", "train_config", "train_overrides"]
     if name != "data":
-        keys += ["base_epochs"]
+        keys += ["base_epochs", "sampler"] + (["coin", "raw_mix"] if cfg["sampler"] == "passes" else [])
+    if name not in ("data", "base", "m0"):
+        keys += ["mstep_data"]
     if name not in ("data", "base"):
-        keys += ["mstep_epochs", "eval_data", "eval_exemplars", "eval_split", "eval_shots", "eval_limit", "eval_max_new_tokens"]
+        keys += ["mstep_epochs", "also_valid", "eval_data", "eval_exemplars", "eval_split", "eval_shots", "eval_limit", "eval_max_new_tokens"]
     if name == "m0":
         keys += ["m0_epochs"]
     if name.startswith("iter"):
@@ -222,6 +235,11 @@ def configure(argv):
     if gpu and not files and cfg["gpu_preset"]:
         argv = [GPU_PRESET] + argv
         cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
+    for key, allowed in (("sampler", ("passes", "windows")), ("coin", COINS), ("mstep_data", ("all", "bootstrap"))):
+        if cfg[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
+    if not 0 <= cfg["raw_mix"] <= 1 or (cfg["raw_mix"] and cfg["sampler"] != "passes"):
+        raise ValueError(f"raw_mix={cfg['raw_mix']!r}: a probability, and only with sampler=passes")
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     # the measured stage times hold for the default settings only (a data_dir or other budgets: no estimate)
@@ -290,13 +308,18 @@ class Run:
                              tokenizer=read_meta(self.data)["tokenizer"], **cfg["train_overrides"], val_bins=val)
         self.gold = self.path("boot.gold.jsonl") if self.have("boot.gold.jsonl") else None  # only where gold exists
         self.eval_data = cfg["eval_data"] or self.path(cfg["eval_split"] + ".jsonl")
-        self.valid = self.path("valid.jsonl") if self.have("valid.jsonl") and not cfg["eval_data"] else None
+        self.valid = self.path("valid.jsonl") if (cfg["also_valid"] and self.have("valid.jsonl")
+                                                  and not cfg["eval_data"]) else None
         self.exemplars = cfg["eval_exemplars"] or (self.path("exemplars.jsonl") if self.have("exemplars.jsonl") else "")
         # the budget of every training: mstep_epochs over the warm-start corpus plus the bootstrap corpus at the
         # warm start's thought density; fixed up front so every M-step and the FLOP-matched baseline share it
         sizes = self.size
-        self.budget = int(cfg["mstep_epochs"] * (sizes["warm_aug"] + sizes["boot_raw"] * sizes["warm_aug"]
-                                                 / sizes["warm_raw"]))
+        boot_aug = sizes["boot_raw"] * sizes["warm_aug"] / sizes["warm_raw"]  # estimated before its thoughts exist
+        self.budget = int(cfg["mstep_epochs"] * (boot_aug + (sizes["warm_aug"] if cfg["mstep_data"] == "all" else 0)))
+        self.tok = get_tokenizer(read_meta(self.data)["tokenizer"])
+        # what each training reads: (chunks, thoughts or None for raw text, the bin of one pass with frozen coins)
+        self.warm = (self.path("warm.chunks.jsonl"), self.path("warm.thoughts.jsonl"), self.path("warm_aug.bin"))
+        self.raw = [(self.path(f"{s}.chunks.jsonl"), None, self.path(f"{s}_raw.bin")) for s in ("warm", "boot")]
 
     def pretrained_base(self):
         """The base every training restarts from (docs/method.md, M-step). The paper's base is a pretrained LM; ours is
@@ -312,17 +335,34 @@ class Run:
             if "background" not in self.size:
                 raise ValueError(f"base_epochs={cfg['base_epochs']} needs {self.data}/background.bin to pretrain on; "
                                  "with --data_dir use --base_epochs=0 (and a pretrained model via init_from)")
-            summary = train(out_dir=d, train_bins=[self.path("background.bin")], init_from=init["ckpt"], latent=False,
-                            max_tokens=int(cfg["base_epochs"] * self.size["background"]), **self.train_kw)
+            summary = self.fit(d, [(self.path("background.chunks.jsonl"), None, self.path("background.bin"))],
+                               cfg["base_epochs"] * self.size["background"], init["ckpt"], False)
             return {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s")}
         self.stage("base", make)
 
-    def fit_and_eval(self, d, bins, max_tokens, init, latent):
-        """Train on bins (mixed by size) from init, then evaluate (and on the validation problems too)."""
+    def fit(self, d, parts, max_tokens, init, latent):
+        """Train from init on parts, (chunks, thoughts or None, one-pass bin) each, for max_tokens: in whole passes
+        with coins tossed per pass (sampler=passes: d/passes.bin, data/files.py: build_passes_bin), or in random
+        windows of the one-pass bins mixed by size (sampler=windows)."""
+        cfg, max_tokens = self.cfg, int(max_tokens)
+        if cfg["sampler"] == "passes":
+            bins, weights = [os.path.join(d, "passes.bin")], None
+            T = resolve(**self.train_kw)["block_size"]
+            if rank0() and not os.path.exists(bins[0]):  # the seed is the run's: the same corpus on a rerun
+                build_passes_bin(self.tok, [p[:2] for p in parts], bins[0], cfg["seed"], max_tokens + T + 1,
+                                 coin=cfg["coin"], raw_mix=cfg["raw_mix"])
+            barrier()
+        else:
+            bins = [p[2] for p in parts]
+            sizes = [n_tokens(b) for b in bins]
+            weights = [n / sum(sizes) for n in sizes]
+        return train(out_dir=d, train_bins=bins, train_weights=weights, sampler=cfg["sampler"], max_tokens=max_tokens,
+                     init_from=init, latent=latent, **self.train_kw)
+
+    def fit_and_eval(self, d, parts, max_tokens, init, latent):
+        """Train (fit), then evaluate on the reported split (with also_valid, on valid.jsonl too)."""
         cfg = self.cfg
-        sizes = [n_tokens(b) for b in bins]
-        summary = train(out_dir=d, train_bins=bins, train_weights=[n / sum(sizes) for n in sizes],
-                        max_tokens=int(max_tokens), init_from=init, latent=latent, **self.train_kw)
+        summary = self.fit(d, parts, max_tokens, init, latent)
         ev = dict(exemplars=self.exemplars, n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"],
                   batch_size=cfg["eval_batch"], limit=cfg["eval_limit"] or None)
         r = evaluate(summary["ckpt"], self.eval_data, out_dir=os.path.join(d, "eval"), **ev)
@@ -335,25 +375,31 @@ class Run:
 
     def warm_start(self):
         """M_0 (docs/method.md, Warm start): the warm-start split with the teacher's thoughts, on a budget of its own."""
-        self.stage("m0", lambda d: self.fit_and_eval(d, [self.path("warm_aug.bin")],
-                                                     self.cfg["m0_epochs"] * self.size["warm_aug"], self.base, True))
+        self.stage("m0", lambda d: self.fit_and_eval(d, [self.warm], self.cfg["m0_epochs"] * self.size["warm_aug"],
+                                                     self.base, True))
 
     def baselines(self):
         """The same documents without thoughts (docs/method.md, Baselines): as many raw tokens (and epochs), and as many
         training tokens as an M-step."""
-        raw_bins = [self.path("warm_raw.bin"), self.path("boot_raw.bin")]
-        raw_tokens = self.cfg["mstep_epochs"] * (self.size["warm_raw"] + self.size["boot_raw"])
-        self.stage("raw_token_match", lambda d: self.fit_and_eval(d, raw_bins, raw_tokens, self.base, False))
-        self.stage("raw_flop_match", lambda d: self.fit_and_eval(d, raw_bins, self.budget, self.base, False))
+        raw = self.raw if self.cfg["mstep_data"] == "all" else self.raw[1:]
+        raw_tokens = self.cfg["mstep_epochs"] * sum(n_tokens(p[2]) for p in raw)
+        self.stage("raw_token_match", lambda d: self.fit_and_eval(d, raw, raw_tokens, self.base, False))
+        self.stage("raw_flop_match", lambda d: self.fit_and_eval(d, raw, self.budget, self.base, False))
+
+    def mstep_parts(self, thoughts, frozen_bin):
+        """An M-step's corpus (and the oracle's): the bootstrap split with these thoughts, after the warm-start split
+        unless mstep_data=bootstrap (the official M-step)."""
+        boot = (self.path("boot.chunks.jsonl"), thoughts, frozen_bin)
+        return [self.warm, boot] if self.cfg["mstep_data"] == "all" else [boot]
 
     def oracle(self):
         """An upper bound only a generated corpus allows: the bootstrap split with its gold thoughts, as if the
         E-step recovered every one; the gap to the EM rows is what a better posterior could still gain."""
         def with_gold(d):
             gold_bin = os.path.join(d, "boot_gold_aug.bin")
-            build_augmented_bin(get_tokenizer(read_meta(self.data)["tokenizer"]), self.path("boot.chunks.jsonl"),
-                                self.gold, gold_bin, self.cfg["seed"])
-            return self.fit_and_eval(d, [self.path("warm_aug.bin"), gold_bin], self.budget, self.base, True)
+            if self.cfg["sampler"] == "windows":
+                build_augmented_bin(self.tok, self.path("boot.chunks.jsonl"), self.gold, gold_bin, self.cfg["seed"])
+            return self.fit_and_eval(d, self.mstep_parts(self.gold, gold_bin), self.budget, self.base, True)
         self.stage("oracle", with_gold)
 
     def em_iterations(self):
@@ -368,9 +414,9 @@ class Run:
                 selection=cfg["selection"], n_prefix=cfg["n_prefix"], seed=cfg["seed"] * 1000 + t,
                 batch_size=cfg["estep_batch"], gold=self.gold, **engine)))
             init = prev if cfg["continue_from_previous"] else self.base
-            aug = os.path.join(rd, f"iter{t}", "estep", "aug.bin")
-            m = self.stage(f"iter{t}/mstep", lambda d: self.fit_and_eval(
-                d, [self.path("warm_aug.bin"), aug], self.budget, init, True))
+            estep = os.path.join(rd, f"iter{t}", "estep")
+            parts = self.mstep_parts(os.path.join(estep, "thoughts.jsonl"), os.path.join(estep, "aug.bin"))
+            m = self.stage(f"iter{t}/mstep", lambda d: self.fit_and_eval(d, parts, self.budget, init, True))
             prev = os.path.join(rd, f"iter{t}", "mstep", "ckpt.pt")
             log(f"iteration {t}: accuracy {m['accuracy']:.3f}; E-step ELBO {e['elbo']:.2f}, ESS {e['ess']:.2f} of "
                 f"{cfg['K']}" + (f", chosen thoughts with the gold result {e['agree_chosen']:.3f} (random of K: "

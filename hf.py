@@ -219,18 +219,19 @@ def export_hf(model, tok_name, out_dir):
     """
     config = model.config
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    gpt2 = dict(rope_theta=0.0, norm="layernorm", mlp="gelu", n_kv_head=config.n_head, tie_embeddings=True)
+    gpt2 = dict(rope_theta=0.0, norm="layernorm", n_kv_head=config.n_head, tie_embeddings=True)
+    gelu = {"gelu": "gelu_new", "gelu_exact": "gelu"}.get(config.mlp)  # Hugging Face's names: tanh form, erf form
     llama = dict(norm="rmsnorm", mlp="swiglu", bias=False)
     tok = None
     if tok_name is not None:
         tok = get_tokenizer(tok_name)
     eot = tok.eot if tok is not None else None
     bos = getattr(tok, "bos", eot)  # Llama tokenizers put <s> first; the others start a text with nothing
-    if all(getattr(config, k) == v for k, v in gpt2.items()):
+    if gelu and all(getattr(config, k) == v for k, v in gpt2.items()):
         hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
               "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
               "n_layer": config.n_layer,
-              "n_head": config.n_head, "n_inner": config.n_inner, "activation_function": "gelu_new",
+              "n_head": config.n_head, "n_inner": config.n_inner, "activation_function": gelu,
               "layer_norm_epsilon": config.norm_eps, "tie_word_embeddings": True, "resid_pdrop": config.dropout,
               "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "bos_token_id": eot, "eos_token_id": eot}
         out = {}
@@ -261,12 +262,13 @@ def export_hf(model, tok_name, out_dir):
             v = sd[k][:config.vocab_size] if k in ("transformer.wte.weight", "lm_head.weight") else sd[k]
             pieces = v.split([rows for _, rows in parts]) if len(parts) > 1 else [v]
             out.update({name: piece for (name, _), piece in zip(parts, pieces)})
-    elif (config.rope_theta > 0 and config.norm == "layernorm" and config.mlp == "gelu"
+    elif (config.rope_theta > 0 and config.norm == "layernorm" and gelu
           and config.n_kv_head == config.n_head):
         # rotary positions in a GPT-2 block (em.py's default model): GPT-NeoX with a sequential residual
         hf = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": config.vocab_size,
               "hidden_size": config.n_embd, "intermediate_size": config.n_inner, "num_hidden_layers": config.n_layer,
-              "num_attention_heads": config.n_head, "hidden_act": "gelu_pytorch_tanh", "use_parallel_residual": False,
+              "num_attention_heads": config.n_head, "hidden_act": {"gelu_new": "gelu_pytorch_tanh"}.get(gelu, gelu),
+              "use_parallel_residual": False,
               "max_position_embeddings": config.block_size, "layer_norm_eps": config.norm_eps, "attention_bias": True,
               "tie_word_embeddings": config.tie_embeddings, "attention_dropout": config.dropout,
               "hidden_dropout": config.dropout,

@@ -32,7 +32,8 @@ class GPTConfig:
     rope_theta: float = 0.0  # > 0: rotary positions with this base, and no learned position embedding
     norm: str = "layernorm"  # or "rmsnorm"
     norm_eps: float = 1e-5
-    mlp: str = "gelu"  # or "swiglu": c_proj(silu(gate) * up)
+    mlp: str = "gelu"  # GPT-2's tanh-approximated GELU; "gelu_exact": the erf GELU (on a CPU without AVX-512 several
+    # times faster than the tanh form, forward and backward: docs/benchmarks.md); "swiglu": c_proj(silu(gate) * up)
     n_inner: int = 0  # MLP hidden width; 0: 4 * n_embd
     n_kv_head: int = 0  # key/value heads, fewer than n_head for grouped-query attention; 0: n_head
     tie_embeddings: bool = True  # lm_head shares wte's weight
@@ -98,6 +99,7 @@ class MLP(nn.Module):
         super().__init__()
         n = config.n_inner
         self.swiglu = config.mlp == "swiglu"
+        self.approximate = "none" if config.mlp == "gelu_exact" else "tanh"
         # SwiGLU's gate and up projections are one fused c_fc, gate rows first
         self.c_fc = nn.Linear(config.n_embd, 2 * n if self.swiglu else n, bias=config.bias)
         self.c_proj = nn.Linear(n, config.n_embd, bias=config.bias)
@@ -107,7 +109,7 @@ class MLP(nn.Module):
         if self.swiglu:
             gate, up = self.c_fc(x).chunk(2, dim=-1)
             return self.dropout(self.c_proj(F.silu(gate) * up))
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -167,7 +169,7 @@ class GPT(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        for key, values in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "swiglu"))):
+        for key, values in (("norm", ("layernorm", "rmsnorm")), ("mlp", ("gelu", "gelu_exact", "swiglu"))):
             if getattr(config, key) not in values:
                 raise ValueError(f"GPTConfig.{key}={getattr(config, key)!r}: expected one of {values}")
         self.config = config
@@ -452,9 +454,9 @@ def sample(logits, temperature, gen):
         nxt, lp = logits.argmax(-1), F.log_softmax(logits, -1)
     else:
         lp = F.log_softmax(logits / temperature, -1)
-        # torch.multinomial's own method for one sample (argmax of p / Exp(1) noise, so the same draws from the
-        # same seed), without its check of the probabilities, which is a host sync
-        nxt = (lp.exp() / torch.empty_like(lp).exponential_(1, generator=gen)).argmax(-1)
+        # one draw from softmax as argmax of p / Exp(1) noise (torch.multinomial's method, without its check of the
+        # probabilities, a host sync); the noise as -log U, 4x faster on a CPU than exponential_ (docs/benchmarks.md)
+        nxt = (lp.exp() / torch.rand(lp.shape, generator=gen, device=lp.device).log_().neg_()).argmax(-1)
     return nxt, lp.gather(-1, nxt[:, None]).squeeze(-1)
 
 

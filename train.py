@@ -33,6 +33,9 @@ from model import GPT, GPTConfig
 out_dir = "out"
 train_bins = []           # token bins to train on
 train_weights = None      # mixing weight per bin; None = proportional to each bin's size
+sampler = "windows"       # windows: each row a random window of a bin drawn by the weights (nanoGPT) | passes:
+                          # ONE bin read front to back in consecutive windows (data/files.py: build_passes_bin
+                          # writes its passes, each document once per pass, as the official loader streams them)
 val_bins = {}             # name -> bin, e.g. {"raw": ".../val_raw.bin", "aug": ".../val_aug.bin"}
 init_from = "scratch"     # "scratch" | a .pt checkpoint of this project (weights only) | a local HF GPT-2 or Llama dir
 tokenizer = "byte"
@@ -46,7 +49,7 @@ dropout = 0.0
 bias = True
 rope_theta = 0.0          # > 0: rotary positions (Llama) instead of learned ones
 norm = "layernorm"        # layernorm | rmsnorm (Llama)
-mlp = "gelu"              # gelu | swiglu (Llama)
+mlp = "gelu"              # gelu (GPT-2: tanh form) | gelu_exact (erf form) | swiglu (Llama)
 n_kv_head = 0             # grouped-query attention: key/value heads (0 = n_head)
 tie_embeddings = True
 # budget and optimiser
@@ -126,6 +129,11 @@ def mixing(cfg, tok):
     """Each train bin's probability of filling a row (train_weights, default proportional to size); every bin checked."""
     if not cfg["train_bins"]:
         raise ValueError("train_bins is empty: nothing to train on")
+    if cfg["sampler"] not in ("windows", "passes"):
+        raise ValueError(f"sampler must be 'windows' or 'passes', got {cfg['sampler']!r}")
+    if cfg["sampler"] == "passes" and len(cfg["train_bins"]) != 1:
+        raise ValueError(f"sampler='passes' reads ONE bin front to back (data/files.py: build_passes_bin mixes the "
+                         f"parts), got {len(cfg['train_bins'])}: {cfg['train_bins']}")
     sizes = [bin_info(p, tok.name, cfg["block_size"]) for p in cfg["train_bins"]]
     for p in cfg["val_bins"].values():
         bin_info(p, tok.name, cfg["block_size"])
@@ -135,12 +143,20 @@ def mixing(cfg, tok):
     return w / w.sum()
 
 
-def get_batch(cfg, bins, probs, step, micro, rank=0):
+def get_batch(cfg, bins, probs, step, micro, rank=0, world=1):
     """
-    (x, y) int64 (B, T) for one micro-step: each row picks a bin by the mixing weights, then a random window.
-    A pure function of (seed, step, micro, rank): a resumed run sees exactly the batches it would have seen.
+    (x, y) int64 (B, T) for one micro-step: each row picks a bin by the mixing weights, then a random window
+    (sampler="windows"), or the next B windows of the one bin, read in order (sampler="passes"; past its end,
+    from its start again). A pure function of (seed, step, micro, rank): a resumed run sees exactly the batches
+    it would have seen.
     """
     B, T = cfg["batch_size"], cfg["block_size"]
+    if cfg["sampler"] == "passes":
+        data = open_bin(bins[0], tokenizer=cfg["tokenizer"])
+        first = ((step * cfg["grad_accum"] + micro) * world + rank) * B  # this micro-batch's first window
+        start = ((first + np.arange(B)) * T) % (len(data) - T)
+        xy = torch.from_numpy(data[start[:, None] + np.arange(T + 1)].astype(np.int64))
+        return xy[:, :-1].contiguous(), xy[:, 1:].contiguous()
     rng = np.random.default_rng([cfg["seed"], step, micro, rank])
     which = rng.choice(len(bins), size=B, p=probs)
     rows = np.empty((B, T + 1), dtype=np.int64)
@@ -160,11 +176,11 @@ def to_device(dev, *tensors):
     return [t.to(dev) for t in tensors]
 
 
-def batches(cfg, probs, step, rank, dev):
+def batches(cfg, probs, step, rank, dev, world=1):
     """The micro-batches from (step, micro 0) on, in order, already on the device."""
     while True:
         for micro in range(cfg["grad_accum"]):
-            yield to_device(dev, *get_batch(cfg, cfg["train_bins"], probs, step, micro, rank))
+            yield to_device(dev, *get_batch(cfg, cfg["train_bins"], probs, step, micro, rank, world))
         step += 1
 
 
@@ -307,7 +323,7 @@ def train(config_file=None, **overrides):
     end = min(steps, cfg["stop_after"]) if cfg["stop_after"] > 0 else steps
     speed = Speed(tokens_per_step, steps, step)
     loss_sum = torch.zeros((), device=dev)
-    data = batches(cfg, probs, step, rank, dev)
+    data = batches(cfg, probs, step, rank, dev, world)
     batch = next(data)
     while step < end:
         torch.manual_seed(cfg["seed"] * 1_000_003 + step * 1009 + rank)  # dropout: a pure function of the step

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from data.latent import augmented_document, raw_document
+from data.latent import augmented_document, augmented_ids, coin_flips, raw_document
 
 
 def bin_dtype(vocab_size):
@@ -298,6 +298,57 @@ def build_augmented_bin(tok, chunks_path, thoughts_path, out_path, seed):
         raise
     return w.close(kind="augmented", chunks=os.path.abspath(chunks_path), thoughts=os.path.abspath(thoughts_path),
                    seed=seed)
+
+
+COINS = ("per_pass", "frozen")
+
+
+def build_passes_bin(tok, parts, out_path, seed, min_tokens, coin="per_pass", raw_mix=0.0):
+    """
+    What one training reads, front to back (train.py, sampler="passes"): whole readings (passes) of a corpus
+    until at least min_tokens are written, each document once per pass, in an order shuffled anew for every pass
+    (the official loader's epochs; a budget of 7.4 passes reads the eighth pass's first 40%). parts
+    are (chunks_path, thoughts_path) pairs, thoughts_path None for raw documents. An augmented document is written
+    with coins tossed for that reading (coin="per_pass", the official lingua/data.py: over the passes a chunk
+    teaches both q(Z | X, P) and p(Z, X | P)), or with the same coins every reading (coin="frozen": those of
+    build_augmented_bin, the ablation). raw_mix: the probability that a reading of an augmented document is its
+    raw text instead (the official mix_in_raw_ratio). Every pass's randomness is a pure function of (seed, pass).
+    """
+    if coin not in COINS:
+        raise ValueError(f"coin must be one of {COINS}, got {coin!r}")
+    if not 0 <= raw_mix <= 1:
+        raise ValueError(f"raw_mix must be in [0, 1], got {raw_mix!r}")
+    docs = []  # (doc id, [chunk ids], [thought ids] or None, raw ids): encoded once, every reading reuses them
+    for chunks_path, thoughts_path in parts:
+        thoughts = read_thoughts(thoughts_path) if thoughts_path is not None else None
+        for doc in read_chunks(chunks_path):
+            if thoughts is not None:
+                missing = [c["id"] for c in doc if c["id"] not in thoughts]
+                if missing:
+                    raise ValueError(f"{thoughts_path}: no thought for chunk {missing[0]} of {chunks_path}")
+            raw = raw_document(tok, "".join(c["text"] for c in doc)) if thoughts is None or raw_mix > 0 else None
+            docs.append((doc[0]["doc"], [tok.encode(c["text"]) for c in doc],
+                         None if thoughts is None else [tok.encode(thoughts[c["id"]]) for c in doc], raw))
+    if not docs:
+        raise ValueError(f"{parts}: no documents")
+    w, p = BinWriter(out_path, tok), 0
+    try:
+        while w.tokens < min_tokens:
+            rng = np.random.default_rng([int(seed), p])
+            order, raw = rng.permutation(len(docs)), rng.random(len(docs)) < raw_mix
+            for i in order:
+                name, xs, zs, raw_ids = docs[i]
+                if zs is None or raw[i]:  # a raw document: its chunks joined back, as build_raw_bin writes it
+                    w.write(raw_ids)
+                    continue
+                s = doc_seed(seed, name) + ((p,) if coin == "per_pass" else ())
+                w.write(augmented_ids(tok, xs, zs, coin_flips(len(xs), s)))
+            p += 1
+    except BaseException:
+        w.abort()
+        raise
+    return w.close(kind="passes", parts=[[os.path.abspath(c), t and os.path.abspath(t)] for c, t in parts],
+                   seed=seed, passes=p, coin=coin, raw_mix=raw_mix)
 
 
 def build_raw_bin(tok, chunks_path, out_path):

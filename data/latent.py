@@ -39,9 +39,13 @@ def prior_chunk(tok, x, z):
     return prior_order(tok, tok.encode(z), tok.encode(x))
 
 
+def posterior_order(tok, x_ids, z_ids):
+    # <SOL><EOL> X <SOL><POSTERIOR> Z <EOL>: the one spelling of the posterior order
+    return [tok.sol, tok.eol] + x_ids + [tok.sol, tok.posterior] + z_ids + [tok.eol]
+
+
 def posterior_chunk(tok, x, z):
-    # <SOL><EOL> X <SOL><POSTERIOR> Z <EOL>
-    return [tok.sol, tok.eol] + tok.encode(x) + [tok.sol, tok.posterior] + tok.encode(z) + [tok.eol]
+    return posterior_order(tok, tok.encode(x), tok.encode(z))
 
 
 def coin_flips(n, seed):
@@ -54,9 +58,16 @@ def augmented_document(tok, chunks, thoughts, seed):
     """A whole document in the thought-augmented format, ending with <|endoftext|> (the document separator)."""
     if len(chunks) != len(thoughts):
         raise ValueError(f"{len(chunks)} chunks but {len(thoughts)} thoughts")
+    return augmented_ids(tok, [tok.encode(x) for x in chunks], [tok.encode(z) for z in thoughts],
+                         coin_flips(len(chunks), seed))
+
+
+def augmented_ids(tok, x_ids, z_ids, prior):
+    """The same from token ids already encoded (chunk by chunk, thought by thought) and the coins (True = prior
+    order): a training that reads a document many times encodes it once and tosses new coins per reading."""
     ids = []
-    for x, z, prior in zip(chunks, thoughts, coin_flips(len(chunks), seed)):
-        ids += prior_chunk(tok, x, z) if prior else posterior_chunk(tok, x, z)
+    for x, z, p in zip(x_ids, z_ids, prior):
+        ids += prior_order(tok, z, x) if p else posterior_order(tok, x, z)
     return ids + [tok.eot]
 
 
