@@ -264,12 +264,13 @@ def minutes(seconds):
 
 def table(rows, split="eval"):
     """The results table as (header, [cells of each row]): results.md and the page print the same cells.
-    "sound" thoughts have every step true arithmetic on the problem's numbers and the gold result; "transfer" is
+    "sound" thoughts have every step true arithmetic on the problem's numbers and the gold result; "complete" ones
+    do every operation of the gold derivation in its order (a sound thought can skip some); "transfer" is
     how much of the previous E-step's choice the M-step kept: M_{t-1}'s random-of-K gold agreement at iteration t
     minus iteration t-1's chosen agreement (0 or more: the M-step learnt what the E-step chose)."""
     head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug", "E-step ELBO", "ESS",
-            "gold result: chosen / random", "sound: chosen / random", "transfer", "tokens trained", "training time",
-            "E-step time"]
+            "gold result: chosen / random", "sound: chosen / random", "complete: chosen / random", "transfer",
+            "tokens trained", "training time", "E-step time"]
     out, chosen_before = [], None
     for name, r in rows.items():
         e, v = r.get("estep", {}), r.get("val") or {}
@@ -281,7 +282,7 @@ def table(rows, split="eval"):
                     num((r.get("valid") or {}).get("accuracy"), ".3f"),
                     f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", num(e.get("elbo"), ".2f"),
                     num(e.get("ess"), ".2f"), pair("agree_chosen", "agree_random"),
-                    pair("sound_chosen", "sound_random"), transfer, f"{r['tokens'] / 1e6:.2f}M",
+                    pair("sound_chosen", "sound_random"), pair("complete_chosen", "complete_random"), transfer, f"{r['tokens'] / 1e6:.2f}M",
                     minutes(r.get("train_s", 0)), minutes(e.get("wall_s"))])
     return head, out
 

@@ -43,7 +43,7 @@ from data.files import (build_augmented_bin, check_settings, chunk_prefix, read_
                         write_json, write_jsonl)
 from data.latent import fit_context, joint_sequence, posterior_prompt, thought_stop_token
 from common import load_checkpoint, print0, setup, teardown
-from data.mathworld import steps_valid, thought_result, thought_steps
+from data.mathworld import complete, steps_valid, thought_result, thought_steps
 from data.tokenizer import get_tokenizer
 import vllm_engine
 
@@ -349,9 +349,15 @@ def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
         pairs = [(r, g) for r, g in pairs if g is not None]  # only chunks whose gold thought states a result
         # agreement with the gold result: the chosen thought, and a thought picked uniformly among the K (exactly
         # its expectation)
+        # complete: every operation of the gold derivation in its order (this world's thoughts; None elsewhere)
+        whole = lambda ps: [r for r, _ in ps if thought_result(golds[r["id"]]) is not None and "=>" in golds[r["id"]]]
         agree = lambda ps: dict(agree_chosen=mean([result_fn(r["thought"]) == g for r, g in ps]) if ps else None,
                                 agree_random=mean([mean([result_fn(x["text"]) == g for x in r["samples"]])
-                                                   for r, g in ps]) if ps else None)
+                                                   for r, g in ps]) if ps else None,
+                                complete_chosen=mean([complete(r["thought"], golds[r["id"]]) for r in whole(ps)])
+                                if whole(ps) else None,
+                                complete_random=mean([mean([complete(x["text"], golds[r["id"]]) for x in r["samples"]])
+                                                      for r in whole(ps)]) if whole(ps) else None)
         summary.update(gold_chunks=len(pairs), **agree(pairs))
         # the same by the gold thought's number of steps (the ladder's rungs): where the E-step's choice is far
         # above its own random sample, and where the next M-step keeps it or not

@@ -191,6 +191,23 @@ STEP = re.compile(r"^\s*(-?\d+)\s*(\+|-|\*|/|mod)\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 WORD_NUMBERS = {"double": 2, "triple": 3}
 
 
+def thought_arithmetic(text):
+    """The arithmetic of a derivation, [(a, op, b, value)] step by step (restate words dropped), then its result;
+    None for a thought that is not one."""
+    if "=>" not in text:
+        return None
+    body, result = text.rsplit("=>", 1)
+    steps = [STEP.match(step.rsplit(":", 1)[-1]) for step in body.split(";")]
+    return None if not all(steps) else ([m.groups() for m in steps], result.strip())
+
+
+def complete(text, gold):
+    """True when a thought does every operation of the gold derivation, in its order, and states its result: a
+    thought that skips operations and lands on the answer by chance is sound (steps_valid) but not complete."""
+    z = thought_arithmetic(text)
+    return z is not None and z == thought_arithmetic(gold)
+
+
 def steps_valid(text, problem):
     """True when the thought is a derivation whose every step is true arithmetic on numbers of the problem text
     (or on results of its earlier steps) and whose '=> R' is its last step's value. A thought can state the gold

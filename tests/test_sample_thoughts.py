@@ -139,13 +139,19 @@ def test_agreement_by_steps_splits_the_overall_figures():
              "samples": [sample("2+1=3; 3*2=6 => 6"), sample("2+1=3; 3+2=5 => 5")]},
             {"id": "c", "thought": "1+1=2 => 2", "chosen": 0, "x_tokens": 3,
              "samples": [sample("1+1=2 => 2"), sample("1+2=3 => 3")]},
-            {"id": "d", "thought": "Exercises.", "chosen": 0, "x_tokens": 3, "samples": [sample("Exercises.")] * 2}]
+            {"id": "d", "thought": "Exercises.", "chosen": 0, "x_tokens": 3, "samples": [sample("Exercises.")] * 2},
+            # e: the chosen thought skips an operation and lands on the gold result; the other one is complete
+            {"id": "e", "thought": "2+2=4; 4+3=7 => 7", "chosen": 0, "x_tokens": 3,
+             "samples": [sample("2+2=4; 4+3=7 => 7"), sample("2+2=4; 4*2=8; 8-1=7 => 7")]}]
     golds = {"a": "1+1=2; 2*2=4 => 4", "b": "2+1=3; 3*2=6 => 6", "c": "1+1=2; 2+3=5; 5*2=10 => 10",
-             "d": "Exercises."}  # d states no result: in no rung
+             "d": "Exercises.", "e": "2+2=4; 4*2=8; 8-1=7 => 7"}  # d states no result: in no rung
     s = summarize(rows, {"K": 2, "selection": "importance"}, golds)
-    assert s["gold_chunks"] == 3 and abs(s["agree_chosen"] - 2 / 3) < 1e-9 and abs(s["agree_random"] - 1 / 3) < 1e-9
-    assert s["by_steps"] == {"2": {"chunks": 2, "agree_chosen": 1.0, "agree_random": 0.5},
-                             "3": {"chunks": 1, "agree_chosen": 0.0, "agree_random": 0.0}}
+    assert s["gold_chunks"] == 4 and abs(s["agree_chosen"] - 3 / 4) < 1e-9 and abs(s["agree_random"] - 2 / 4) < 1e-9
+    assert s["by_steps"] == {"2": {"chunks": 2, "agree_chosen": 1.0, "agree_random": 0.5,
+                                   "complete_chosen": 1.0, "complete_random": 0.5},
+                             "3": {"chunks": 2, "agree_chosen": 0.5, "agree_random": 0.5,
+                                   "complete_chosen": 0.0, "complete_random": 0.25}}
+    assert abs(s["complete_chosen"] - 2 / 4) < 1e-9 and abs(s["complete_random"] - 1.5 / 4) < 1e-9
 
 
 def test_chunk_stats():
