@@ -61,6 +61,11 @@ def setup(device="auto", dtype="auto"):
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
     bf16 = dtype == "bfloat16" or (dtype == "auto" and cuda)
+    if bf16 and not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        # measured: a training step of the default model 15x slower than float32 on an AVX2-only CPU
+        # (docs/benchmarks.md); AMX or AVX-512 bf16 units are what make bf16 pay on a CPU
+        print(f"warning: dtype=bfloat16 on a CPU without bf16 matrix units ({torch.backends.cpu.get_cpu_capability()}"
+              "): expect it many times slower than float32", flush=True)
     ctx = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     return Compute(device, cuda, ctx, rank(), world)
 

@@ -43,7 +43,7 @@ def from_pretrained(path, tok, block_size=None):
     # the settings that change GPT-2's computation, with the values this model implements (a missing field
     # takes Hugging Face's default, which is the implemented one): anything else would load silently wrong
     _check_implemented(config_path, hf, {
-        "model_type": ("gpt2",), "activation_function": ("gelu_new", "gelu_pytorch_tanh"),
+        "model_type": ("gpt2",), "activation_function": ("gelu_new", "gelu_pytorch_tanh", "gelu"),
         "layer_norm_epsilon": (1e-5,), "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,),
         "reorder_and_upcast_attn": (False,), "add_cross_attention": (False,), "tie_word_embeddings": (True,),
         "n_inner": (None, 4 * hf.get("n_embd", 0))})
@@ -52,7 +52,8 @@ def from_pretrained(path, tok, block_size=None):
     sd = {k.removeprefix("transformer."): v for k, v in sd.items()}
     n_pos = hf.get("n_positions", hf.get("n_ctx", 1024))
     config = GPTConfig(block_size=block_size or n_pos, vocab_size=tok.n_vocab, n_layer=hf["n_layer"],
-                       n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True)
+                       n_head=hf["n_head"], n_embd=hf["n_embd"], dropout=0.0, bias=True,
+                       mlp="gelu_exact" if hf.get("activation_function") == "gelu" else "gelu")
     model = GPT(config)
     own = model.state_dict()
     for k, v in sd.items():

@@ -133,6 +133,26 @@ def test_logprobs_equal_full_forward(family, temperature):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_log_q_and_weights_stay_near_float32(family):
+    # under bf16 autocast (a GPU's default; a CPU's with dtype=bfloat16) log q comes from the cached decode and log p
+    # from a full forward, two kernels rounding differently: each token's log q within 0.05 nats of float32's,
+    # and a thought's log w = log p - log q within 0.05 nats per token of float32's
+    m = tiny(family, n_embd=64, n_head=4, **({"n_kv_head": 2, "n_inner": 96} if family == "llama" else {}))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        toks, lps, _ = m.generate(PROMPTS, num_samples=2, max_new_tokens=30, temperature=1.0, seed=3)
+        logp16 = m.score([PROMPTS[r // 2] + t for r, t in enumerate(toks)], [len(PROMPTS[r // 2]) for r in range(8)])
+    logp32 = m.score([PROMPTS[r // 2] + t for r, t in enumerate(toks)], [len(PROMPTS[r // 2]) for r in range(8)])
+    for r, (t, lp) in enumerate(zip(toks, lps)):
+        p = PROMPTS[r // 2]
+        ref = full_logprobs(m, p + t)
+        expect = torch.tensor([ref[len(p) - 1 + i, tok].item() for i, tok in enumerate(t)])
+        assert (torch.tensor(lp) - expect).abs().max() < 0.05
+        logw16, logw32 = logp16[r] - sum(lp), logp32[r] - expect.sum()
+        assert abs(logw16 - logw32) < 0.05 * len(t)
+        assert abs(logp32[r] - expect.sum()) < 1e-3  # the float32 sides agree exactly: scoring = sampling's log-probs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_temperature_scales_the_recorded_distribution(family):
     m = tiny(family)
     toks, lps, _ = m.generate(PROMPTS[:1], max_new_tokens=10, temperature=0.5, seed=0)
@@ -383,15 +403,17 @@ class StandIn:
     n_vocab = V
 
 
-@pytest.mark.parametrize("family", FAMILIES + ["llama-tied", "gpt2-nobias"])
+@pytest.mark.parametrize("family", FAMILIES + ["llama-tied", "gpt2-nobias", "gpt2-erf"])
 def test_export_then_from_pretrained_is_exact(tmp_path, family):
     # the writer and reader of Hugging Face directories agree, without the transformers package (tests/test_hf.py
     # checks both against transformers); a sharded copy of the same weights loads the same
-    kw = {"llama-tied": dict(tie_embeddings=True), "gpt2-nobias": dict(bias=False)}.get(family, {})
+    kw = {"llama-tied": dict(tie_embeddings=True), "gpt2-nobias": dict(bias=False),
+          "gpt2-erf": dict(mlp="gelu_exact")}.get(family, {})
     m = tiny(family.split("-")[0], **kw)
     export_hf(m, None, str(tmp_path / "hf"))
     hf = json.load(open(tmp_path / "hf" / "config.json"))
     assert hf["architectures"] == ["LlamaForCausalLM" if family.startswith("llama") else "GPT2LMHeadModel"]
+    assert hf.get("activation_function") == {"gpt2-erf": "gelu", "gpt2": "gelu_new", "gpt2-nobias": "gelu_new"}.get(family)
     m2 = from_pretrained(str(tmp_path / "hf"), StandIn).eval()
     assert m2.config == m.config or family == "gpt2-nobias"  # GPT-2 has biases: bias=False exports zeros
     x = torch.tensor([PROMPTS[1], PROMPTS[1][::-1]])
