@@ -110,6 +110,9 @@ em = True                 # the warm start and the EM iterations (--em=False: on
 threads = 0               # torch CPU threads (0 = torch's default; 1 is fastest for tiny models on a busy CPU)
 reuse_from = ""           # another run_dir whose corpus, M_0 and baselines this run shares (K / selection ablations)
 stop_after = ""           # stop after the stage of this name (to test resuming)
+seeds = ()                # --seeds=0,1,2: one run per seed s (seed = data_seed = s) in run_dir/seed{s}, side by side
+                          # on a CPU (its threads split between them), one after another on a GPU; then the mean,
+                          # min-max and every run on one page, run_dir/seeds.html (report.py: write_sweep)
 gpu_preset = True         # on a GPU, apply config/em_gpu.py first (unless a config file is given;
                           # --gpu_preset=False or --gpu_preset False: never)
 # -----------------------------------------------------------------------------
@@ -423,10 +426,49 @@ class Run:
                                  f"{e['agree_random']:.3f})" if e.get("agree_chosen") is not None else ""))
 
 
+def run_seeds(cfg):
+    """--seeds: this command once per seed, each a child em.py with every setting spelled out, in its own run_dir
+    (a rerun resumes each); then the seeds' page. Returns the children's run dirs."""
+    import subprocess
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in cfg["seeds"]):
+        raise ValueError(f"seeds must be integers, e.g. --seeds=0,1,2 (or --seeds=3, for one), got {cfg['seeds']!r}")
+    gpu = torch.cuda.is_available()
+    cores = cfg["threads"] or torch.get_num_threads()
+    side = 1 if gpu else max(1, min(len(cfg["seeds"]), cores))  # runs at a time
+    own = ("seeds", "run_dir", "seed", "data_seed", "threads", "gpu_preset")
+    common = [f"--{k}={v!r}" for k, v in cfg.items() if k not in own and v != DEFAULTS[k]] + ["--gpu_preset=False"]
+    dirs = [os.path.join(cfg["run_dir"], f"seed{s}") for s in cfg["seeds"]]
+    os.makedirs(cfg["run_dir"], exist_ok=True)
+    log(f"{len(dirs)} seeds, {side} at a time{'' if gpu else f' with {max(1, cores // side)} threads each'}; "
+        f"each run's log in {cfg['run_dir']}/seed<s>.log")
+    running, failed = [], []
+    for s, d in zip(cfg["seeds"], dirs):
+        while len(running) >= side:
+            time.sleep(1)
+            failed += [n for p, n in running if p.poll()]  # finished with an error
+            running = [(p, n) for p, n in running if p.poll() is None]
+        argv = common + [f"--run_dir={d!r}", f"--seed={s}", f"--data_seed={s}", f"--threads={max(1, cores // side)}"]
+        with open(os.path.join(cfg["run_dir"], f"seed{s}.log"), "a") as f:
+            running.append((subprocess.Popen([sys.executable, os.path.abspath(__file__)] + argv, stdout=f,
+                                             stderr=subprocess.STDOUT), s))
+        log(f"seed {s} started: python em.py {' '.join(argv)}")
+    for p, s in running:
+        if p.wait():
+            failed.append(s)
+    if failed:
+        raise SystemExit(f"em.py: seeds {failed} failed; see {cfg['run_dir']}/seed<s>.log (a rerun resumes them)")
+    from report import write_sweep
+    write_sweep(dirs, os.path.join(cfg["run_dir"], "seeds.html"))
+    log(f"wrote {cfg['run_dir']}/seeds.html, seeds.md and seeds.png: the mean, min-max and every run")
+    return dirs
+
+
 def main(argv):
     """The whole run from a command line; returns the results table's rows (rank 0)."""
     try:
         cfg, argv, preset = configure(argv)
+        if cfg["seeds"]:
+            return run_seeds(cfg)
     except (ValueError, TypeError, OSError, SyntaxError) as e:
         usage_error(e)  # a bad setting: one line and status 2, before any work
     setup()  # torchrun: one process group for every stage

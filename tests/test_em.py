@@ -137,3 +137,20 @@ def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
     assert os.listdir(os.path.join(d, "data")) == ["stage.json"]  # the corpus is read where it is, never copied
     ck = torch.load(os.path.join(d, "m0", "ckpt.pt"), weights_only=False)
     assert ck["tokenizer"] == os.path.join(data, "tokenizer-200.tiktoken") and ck["model_args"]["vocab_size"] == 256 + 200 + 5
+
+
+def test_seeds_runs_each_seed_as_the_same_run_alone_and_writes_their_page(tmp_path):
+    small = ["--iters=1", "--baselines=False", "--n_docs=60", "--eval_limit=8"]
+    d = str(tmp_path / "sweep")
+    out = em(d, "--seeds=0,1", *small)
+    assert "2 seeds, 1 at a time" in out
+    for s in (0, 1):
+        cfg = json.load(open(os.path.join(d, f"seed{s}", "results.json")))["config"]
+        assert cfg["seed"] == cfg["data_seed"] == s and cfg["n_docs"] == 60
+    md = open(os.path.join(d, "seeds.md")).read()
+    assert "seed=0" in md and "seed=1" in md and "EM iteration 1" in md
+    alone = str(tmp_path / "alone")
+    em(alone, "--seed=1", "--data_seed=1", *small)
+    assert table(os.path.join(d, "seed1")) == table(alone)
+    bad = subprocess.run([sys.executable, "em.py", "--seeds=0,x"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "seeds" in bad.stderr
