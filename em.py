@@ -113,7 +113,8 @@ stop_after = ""           # stop after the stage of this name (to test resuming)
 seeds = ()                # --seeds=0,1,2: one run per seed s (seed = data_seed = s) in run_dir/seed{s}, side by side
                           # on a CPU (its threads split between them), one after another on a GPU; then the mean,
                           # min-max and every run on one page, run_dir/seeds.html (report.py: write_sweep)
-gpu_preset = True         # on a GPU, apply config/em_gpu.py first (unless a config file is given;
+gpu_preset = True         # on a GPU, apply config/em_gpu.py first (the default world in bigger E-step and evaluation
+                          # batches; unless a config file is given;
                           # --gpu_preset=False or --gpu_preset False: never)
 # -----------------------------------------------------------------------------
 DEFAULTS = defaults_of(globals())

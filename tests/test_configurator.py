@@ -61,7 +61,8 @@ def test_the_gpu_preset_follows_the_parsed_settings(argv, preset, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
     cfg, _, _ = em.configure(argv)
-    assert (cfg["n_docs"] == 8000 and cfg["K"] == 8) == preset, (argv, cfg["n_docs"], cfg["K"])
+    assert (cfg["estep_batch"] == 512 and cfg["eval_batch"] == 500) == preset, (argv, cfg["estep_batch"])
+    assert cfg["n_docs"] == em.DEFAULTS["n_docs"] or not preset  # the GPU preset runs the measured world
 
 
 @pytest.mark.parametrize("cmd, says", [
