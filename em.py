@@ -24,6 +24,7 @@ where it stopped. --force=True starts over.
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -37,7 +38,7 @@ from data.files import (COINS, build_augmented_bin, build_passes_bin, check_cont
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
 from eval_math import evaluate
-from report import write_results
+from report import write_results, write_sweep
 from sample_thoughts import sample_thoughts
 from train import make_base, resolve, train
 import vllm_engine
@@ -430,7 +431,6 @@ class Run:
 def run_seeds(cfg):
     """--seeds: this command once per seed, each a child em.py with every setting spelled out, in its own run_dir
     (a rerun resumes each); then the seeds' page. Returns the children's run dirs."""
-    import subprocess
     if any(isinstance(s, bool) or not isinstance(s, int) for s in cfg["seeds"]):
         raise ValueError(f"seeds must be integers, e.g. --seeds=0,1,2 (or --seeds=3, for one), got {cfg['seeds']!r}")
     gpu = torch.cuda.is_available()
@@ -458,7 +458,6 @@ def run_seeds(cfg):
             failed.append(s)
     if failed:
         raise SystemExit(f"em.py: seeds {failed} failed; see {cfg['run_dir']}/seed<s>.log (a rerun resumes them)")
-    from report import write_sweep
     write_sweep(dirs, os.path.join(cfg["run_dir"], "seeds.html"))
     log(f"wrote {cfg['run_dir']}/seeds.html, seeds.md and seeds.png: the mean, min-max and every run")
     return dirs
