@@ -7,6 +7,8 @@ data/mathworld.py):
     python -m data.prepare warm --dir=DIR --thoughts=teacher.jsonl [--val_thoughts=teacher_val.jsonl]
     python -m data.prepare gsm8k --train=../shared/data/gsm8k/train.jsonl --test=../shared/data/gsm8k/test.jsonl \
         --out_dir=DIR                           # all in one: GSM8K's own solutions play the teacher
+    python -m data.prepare passes DIR/warm.chunks.jsonl:DIR/warm.thoughts.jsonl --out=RUN/m0/passes.bin \
+        --min_tokens=1600000                    # what one training reads (em.py writes it for every training)
 
 corpus: documents are split into warm (the teacher writes their thoughts), boot (the E-steps infer them) and val
 by a hash of their text (--warm_fraction of the non-validation documents, --val_fraction of all), so a document
@@ -32,7 +34,8 @@ from multiprocessing import get_context
 import numpy as np
 from tqdm import tqdm
 
-from data.files import (AtomicFile, BinWriter, atomic_open, build_augmented_bin, build_raw_bin, check_contract,
+from data.files import (COINS, AtomicFile, BinWriter, atomic_open, build_augmented_bin, build_passes_bin, build_raw_bin,
+                        check_contract,
                         check_tokenizer, chunk_rows, numbered_lines, read_chunks, read_jsonl, read_meta, update_meta,
                         write_chunks, write_json, write_jsonl)
 from data.latent import raw_document
@@ -390,7 +393,21 @@ def main(argv):
     g.add_argument("--n_exemplars", type=int, default=8)
     g.add_argument("--limit", type=int, default=0, help="only the first N training rows (0 = all)")
     g.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("passes", help="what one training reads: whole passes of chunk files (with thoughts or raw), "
+                       "each document once per pass in a shuffled order, a coin per pass (data/files.py)")
+    p.add_argument("parts", nargs="+", help="CHUNKS.jsonl:THOUGHTS.jsonl (augmented) or CHUNKS.jsonl (raw)")
+    p.add_argument("--out", required=True, help="the bin; its directory's meta.json records it")
+    p.add_argument("--min_tokens", type=int, required=True, help="whole passes until at least this many tokens")
+    p.add_argument("--coin", default="per_pass", choices=COINS)
+    p.add_argument("--raw_mix", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.cmd == "passes":  # the tokenizer is the one of the first chunk file's directory
+        parts = [tuple(x.split(":", 1)) if ":" in x else (x, None) for x in a.parts]
+        tok = get_tokenizer(read_meta(os.path.dirname(os.path.abspath(parts[0][0])))["tokenizer"])
+        info = build_passes_bin(tok, parts, a.out, a.seed, a.min_tokens, a.coin, a.raw_mix)
+        print(f"{a.out}: {info['tokens']:,} tokens, {info['passes']} passes of {len(parts)} part(s)")
+        return
     if a.cmd == "corpus":
         prepare_corpus(a.paths, a.out_dir, a.tokenizer, a.text_field, a.warm_fraction, a.val_fraction, a.workers)
     elif a.cmd == "warm":
