@@ -67,12 +67,8 @@ print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'} | {args.thread
 
 for name, (L, H, C, V, T, B) in SHAPES.items():
     torch.manual_seed(0)
-    # GPT-2's own shape keeps its tanh GELU; the default shape has the default preset's erf GELU, which is also
-    # nanoGPT's (nn.GELU()): the same arithmetic on both sides
-    mlp = "gelu" if name == "gpt2-124M" else "gelu_exact"
-    ours = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=H, n_embd=C, mlp=mlp)).to(device)
-    rope = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=H, n_embd=C, mlp=mlp,
-                         rope_theta=10000.0)).to(device)
+    ours = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=H, n_embd=C)).to(device)
+    rope = GPT(GPTConfig(block_size=T, vocab_size=V, n_layer=L, n_head=H, n_embd=C, rope_theta=10000.0)).to(device)
     with contextlib.redirect_stdout(io.StringIO()):  # nanoGPT prints its parameter counts
         theirs = nanogpt.GPT(nanogpt.GPTConfig(block_size=T, vocab_size=ours.padded_vocab, n_layer=L, n_head=H,
                                                n_embd=C, dropout=0.0, bias=True)).to(device)

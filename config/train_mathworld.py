@@ -7,7 +7,6 @@ n_embd = 128
 block_size = 256
 dropout = 0.0
 rope_theta = 10000.0      # rotary positions: copying a problem's numbers into a thought is learnt many times faster
-mlp = "gelu_exact"          # the erf GELU: the tanh form is several times slower on a CPU without AVX-512 (docs/benchmarks.md)
 batch_size = 8
 grad_accum = 1
 learning_rate = 3e-3

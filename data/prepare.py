@@ -398,7 +398,7 @@ def main(argv):
     p.add_argument("parts", nargs="+", help="CHUNKS.jsonl:THOUGHTS.jsonl (augmented) or CHUNKS.jsonl (raw)")
     p.add_argument("--out", required=True, help="the bin; its directory's meta.json records it")
     p.add_argument("--min_tokens", type=int, required=True, help="whole passes until at least this many tokens")
-    p.add_argument("--coin", default="per_pass", choices=COINS)
+    p.add_argument("--coin", default="frozen", choices=COINS, help="per_pass: the official loader's (em.py: --coin)")
     p.add_argument("--raw_mix", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)

@@ -140,13 +140,15 @@ def test_the_whole_loop_runs_on_a_prepared_real_corpus(tmp_path):
 
 
 def test_seeds_runs_each_seed_as_the_same_run_alone_and_writes_their_page(tmp_path):
-    small = ["--iters=1", "--baselines=False", "--n_docs=60", "--eval_limit=8"]
+    # the official reading of the corpus (whole passes, a coin per pass): em.py's other tests run the default windows
+    small = ["--iters=1", "--baselines=False", "--n_docs=60", "--eval_limit=8", "--sampler=passes", "--coin=per_pass"]
     d = str(tmp_path / "sweep")
     out = em(d, "--seeds=0,1", *small)
     assert "2 seeds, 1 at a time" in out
     for s in (0, 1):
         cfg = json.load(open(os.path.join(d, f"seed{s}", "results.json")))["config"]
-        assert cfg["seed"] == cfg["data_seed"] == s and cfg["n_docs"] == 60
+        assert cfg["seed"] == cfg["data_seed"] == s and cfg["n_docs"] == 60 and cfg["sampler"] == "passes"
+        assert os.path.exists(os.path.join(d, f"seed{s}", "iter1", "mstep", "passes.bin"))
     md = open(os.path.join(d, "seeds.md")).read()
     assert "seed=0" in md and "seed=1" in md and "EM iteration 1" in md
     alone = str(tmp_path / "alone")
