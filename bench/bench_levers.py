@@ -33,7 +33,7 @@ print(f"torch {torch.__version__} | {args.threads} threads | CPU capability {tor
 cfg = resolve(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config/train_mathworld.py"))
 B, T, V = cfg["batch_size"], cfg["block_size"], 421  # the mathworld tokenizer's size
 shape = {k: cfg[k] for k in ("n_layer", "n_head", "n_embd", "rope_theta")}
-variants = {"float32, tanh GELU": ("gelu", nullcontext, False), "float32, erf GELU (default)": ("gelu_exact", nullcontext, False),
+variants = {"float32, tanh GELU (default)": ("gelu", nullcontext, False), "float32, erf GELU": ("gelu_exact", nullcontext, False),
             "bf16 autocast, erf GELU": ("gelu_exact", lambda: torch.autocast("cpu", dtype=torch.bfloat16), False)}
 if args.compile:
     variants["float32, erf GELU, compiled"] = ("gelu_exact", nullcontext, True)
