@@ -144,7 +144,8 @@ def stage_config(cfg, name):
     if name not in ("data", "base", "m0") and cfg["mstep_data"] != "all":
         keys += ["mstep_data"]
     if name not in ("data", "base"):
-        keys += ["mstep_epochs", "also_valid", "eval_data", "eval_exemplars", "eval_split", "eval_shots", "eval_limit", "eval_max_new_tokens"]
+        keys += ["also_valid"] if cfg["also_valid"] else []  # only when set: earlier runs continue as they were
+        keys += ["mstep_epochs", "eval_data", "eval_exemplars", "eval_split", "eval_shots", "eval_limit", "eval_max_new_tokens"]
     if name == "m0":
         keys += ["m0_epochs"]
     if name.startswith("iter"):
