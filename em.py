@@ -97,6 +97,9 @@ vllm_url = ""             # estep_engine=vllm: a server the user runs (its base 
 vllm_port = 8000          # estep_engine=vllm: the port of the server started here
 vllm_tensor_parallel = 1  # estep_engine=vllm: --tensor-parallel-size of the server started here
 # evaluation (eval_math.py)
+heldout_docs = 60         # the held-out ELBO of every latent model (the official validation.elbo_cfg): K = 4 posterior
+                          # samples for each chunk of this many validation documents (about 5 chunks each), reported
+                          # per raw token at K = 1, 2, 4 from the same samples; 0 = not measured
 eval_split = "eval"       # eval: the held-out evaluation set (final tables) | valid: other problems, for choosing settings
 also_valid = False        # also evaluate every model on valid.jsonl beside eval_split (twice the evaluation time)
 eval_data = ""            # any MATH- or GSM8K-shaped jsonl instead of the data directory's {eval_split}.jsonl
@@ -148,11 +151,17 @@ def stage_config(cfg, name):
         keys += ["mstep_epochs", "eval_data", "eval_exemplars", "eval_split", "eval_shots", "eval_limit", "eval_max_new_tokens"]
     if name == "m0":
         keys += ["m0_epochs"]
+    if name.endswith("/heldout"):  # a model's held-out ELBO: that model's settings, and its own
+        return {**stage_config(cfg, name[:-len("/heldout")]), "heldout_docs": cfg["heldout_docs"],
+                "heldout_K": HELDOUT_K, **{k: cfg[k] for k in ("n_prefix", "max_thought_tokens", "estep_batch")}}
     if name.startswith("iter"):
         keys += ["K", "selection", "n_prefix", "max_thought_tokens", "estep_batch", "continue_from_previous"]
         if cfg["estep_temperature"] != 1:  # only when set: runs made before the option continue as they were
             keys += ["estep_temperature"]
     return {k: cfg[k] for k in keys}
+
+
+HELDOUT_K = 4  # the samples per chunk of the held-out ELBO: K = 1, 2 and 4 are read from the same four
 
 
 def run_estep(cfg, ckpt, d, estep):
@@ -171,7 +180,7 @@ def run_estep(cfg, ckpt, d, estep):
 # minutes each kind of stage took in the default run of each preset (README, Results): the first ETA; later ETAs
 # scale it by how fast this machine has been so far
 EXPECTED_MIN = {"cpu": {"data": 0.1, "base": 1.1, "m0": 1.3, "raw_token_match": 1.2, "raw_flop_match": 2.6,
-                        "estep": 1.6, "mstep": 2.8, "oracle": 2.7},
+                        "estep": 1.6, "mstep": 2.8, "oracle": 2.7, "heldout": 0.1},
                 "gpu": {}}
 
 
@@ -282,10 +291,11 @@ class Run:
         barrier()
         self.data = os.path.abspath(cfg["data_dir"]) if cfg["data_dir"] else os.path.join(rd, "data")
         self.oracle_possible = cfg["oracle"] and (not cfg["data_dir"] or self.have("boot.gold.jsonl"))
-        its = [f"iter{t}/{s}" for t in range(1, cfg["iters"] + 1) for s in ("estep", "mstep")]
-        self.stage = Stages(cfg, preset, ["data", "base"] + (["m0"] if cfg["em"] else []) +
+        held = lambda name: [name] + ([f"{name}/heldout"] if cfg["heldout_docs"] else [])
+        its = [n for t in range(1, cfg["iters"] + 1) for n in [f"iter{t}/estep"] + held(f"iter{t}/mstep")]
+        self.stage = Stages(cfg, preset, ["data", "base"] + (held("m0") if cfg["em"] else []) +
                             (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
-                            (["oracle"] if self.oracle_possible else []) + (its if cfg["em"] else []))
+                            (held("oracle") if self.oracle_possible else []) + (its if cfg["em"] else []))
 
     def have(self, name):
         return os.path.exists(os.path.join(self.data, name))
@@ -376,17 +386,34 @@ class Run:
         ev = dict(exemplars=self.exemplars, n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"],
                   batch_size=cfg["eval_batch"], limit=cfg["eval_limit"] or None)
         r = evaluate(summary["ckpt"], self.eval_data, out_dir=os.path.join(d, "eval"), **ev)
-        out = {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s"),
+        out = {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s"), "latent": latent,
                **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
         if self.valid and self.valid != self.eval_data:  # settings are chosen on these problems, not on eval
             v = evaluate(summary["ckpt"], self.valid, out_dir=os.path.join(d, "valid"), **ev)
             out["valid"] = {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown")}
         return out
 
+    def heldout(self, name):
+        """The held-out ELBO of the latent model trained in stage name (docs/method.md, Measure): the E-step's
+        sampling and weighting run on validation chunks no training reads, K = HELDOUT_K samples each, and
+        the ELBO per raw token at K = 1, 2, 4 from the same samples. Where few-shot accuracy jumps, this moves
+        smoothly: how well the model explains unseen text through its thoughts."""
+        cfg = self.cfg
+        if not cfg["heldout_docs"] or not self.have("val.chunks.jsonl"):
+            return None
+        ckpt = os.path.join(cfg["run_dir"], name, "ckpt.pt")
+        return self.stage(f"{name}/heldout", lambda d: run_estep(cfg, ckpt, d, lambda **engine: {
+            k: v for k, v in sample_thoughts(
+                ckpt, self.path("val.chunks.jsonl"), d, K=HELDOUT_K, max_thought_tokens=cfg["max_thought_tokens"],
+                n_prefix=cfg["n_prefix"], seed=cfg["seed"], batch_size=cfg["estep_batch"],
+                limit=cfg["heldout_docs"], **engine).items()
+            if k in ("chunks", "elbo", "elbo_per_raw_token", "elbo_by_k", "ess", "truncation")}))
+
     def warm_start(self):
         """M_0 (docs/method.md, Warm start): the warm-start split with the teacher's thoughts, on a budget of its own."""
         self.stage("m0", lambda d: self.fit_and_eval(d, [self.warm], self.cfg["m0_epochs"] * self.size["warm_aug"],
                                                      self.base, True))
+        self.heldout("m0")
 
     def baselines(self):
         """The same documents without thoughts (docs/method.md, Baselines): as many raw tokens (and epochs), and as many
@@ -411,6 +438,7 @@ class Run:
                 build_augmented_bin(self.tok, self.path("boot.chunks.jsonl"), self.gold, gold_bin, self.cfg["seed"])
             return self.fit_and_eval(d, self.mstep_parts(self.gold, gold_bin), self.budget, self.base, True)
         self.stage("oracle", with_gold)
+        self.heldout("oracle")
 
     def em_iterations(self):
         """EM: the E-step with M_{t-1} infers thoughts for the bootstrap split; the M-step trains M_t from the base
@@ -427,6 +455,7 @@ class Run:
             estep = os.path.join(rd, f"iter{t}", "estep")
             parts = self.mstep_parts(os.path.join(estep, "thoughts.jsonl"), os.path.join(estep, "aug.bin"))
             m = self.stage(f"iter{t}/mstep", lambda d: self.fit_and_eval(d, parts, self.budget, init, True))
+            self.heldout(f"iter{t}/mstep")
             prev = os.path.join(rd, f"iter{t}", "mstep", "ckpt.pt")
             log(f"iteration {t}: accuracy {m['accuracy']:.3f}; E-step ELBO {e['elbo']:.2f}, ESS {e['ess']:.2f} of "
                 f"{cfg['K']}" + (f", chosen thoughts with the gold result {e['agree_chosen']:.3f} (random of K: "

@@ -87,6 +87,11 @@ def collect(cfg):
         e, m = load(f"iter{t}/estep"), load(f"iter{t}/mstep")
         if e and m:
             rows[f"EM iteration {t}"] = {**m, "estep": e, "wall_s": m["wall_s"] + e["wall_s"]}
+    for title, name in [("gold thoughts (oracle)", "oracle"), ("M0 (warm start)", "m0")] + \
+            [(f"EM iteration {t}", f"iter{t}/mstep") for t in range(1, cfg["iters"] + 1)]:
+        held = load(f"{name}/heldout")  # em.py: Run.heldout
+        if title in rows and held:
+            rows[title]["heldout_elbo"] = held["elbo_by_k"]
     return rows
 
 
@@ -268,7 +273,8 @@ def table(rows, split="eval"):
     do every operation of the gold derivation in its order (a sound thought can skip some); "transfer" is
     how much of the previous E-step's choice the M-step kept: M_{t-1}'s random-of-K gold agreement at iteration t
     minus iteration t-1's chosen agreement (0 or more: the M-step learnt what the E-step chose)."""
-    head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug", "E-step ELBO", "ESS",
+    head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug",
+            "held-out ELBO K=1 / 2 / 4 (raw rows: log-likelihood)", "E-step ELBO", "ESS",
             "gold result: chosen / random", "sound: chosen / random", "complete: chosen / random", "transfer",
             "tokens trained", "training time", "E-step time"]
     out, chosen_before = [], None
@@ -280,11 +286,22 @@ def table(rows, split="eval"):
         chosen_before = e.get("agree_chosen") if name.startswith("EM iteration") else chosen_before
         out.append([name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})",
                     num((r.get("valid") or {}).get("accuracy"), ".3f"),
-                    f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", num(e.get("elbo"), ".2f"),
+                    f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", heldout_cell(name, r),
+                    num(e.get("elbo"), ".2f"),
                     num(e.get("ess"), ".2f"), pair("agree_chosen", "agree_random"),
                     pair("sound_chosen", "sound_random"), pair("complete_chosen", "complete_random"), transfer, f"{r['tokens'] / 1e6:.2f}M",
                     minutes(r.get("train_s", 0)), minutes(e.get("wall_s"))])
     return head, out
+
+
+def heldout_cell(name, r):
+    """The held-out ELBO per raw token at K = 1 / 2 / 4 (em.py: Run.heldout). A raw model has no thoughts to
+    infer: its exact log-likelihood per raw token is minus its validation raw loss, the figure the ELBO bounds."""
+    if r.get("heldout_elbo"):
+        return " / ".join(f"{v:.3f}" for _, v in sorted(r["heldout_elbo"].items(), key=lambda kv: int(kv[0])))
+    raw = (r.get("val") or {}).get("raw")
+    raw_row = not r.get("latent", not name.startswith("raw"))  # runs made before "latent" was recorded: by name
+    return f"{-raw:.3f} (log-lik.)" if raw is not None and raw_row else ""
 
 
 def steps_table(rows):

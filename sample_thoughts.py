@@ -106,6 +106,26 @@ def chunk_stats(samples):
     return elbo, float(1 / (w ** 2).sum())  # ESS = (sum w)^2 / sum w^2 with sum w = 1
 
 
+def elbo_k(samples, k):
+    """The ELBO estimate with k of a chunk's K samples: the mean, over its K // k disjoint groups of k samples in
+    order, of each group's chunk_stats ELBO. k = K is the E-step's figure, k = 1 the mean log-weight; every k reads
+    the same samples, so the figures differ only in how tight the bound is (it tightens with k in expectation:
+    Burda et al. 2016), which is how the official code reports a held-out ELBO at K = 1, 2, 4."""
+    if not 1 <= k <= len(samples):
+        raise ValueError(f"k={k}: between 1 and the chunk's {len(samples)} samples")
+    groups = [samples[i:i + k] for i in range(0, len(samples) - k + 1, k)]
+    return sum(chunk_stats(g)[0] for g in groups) / len(groups)
+
+
+def elbo_by_k(rows):
+    """{k: ELBO per raw token} for k = 1, 2, 4, ... up to K: the sum over chunks of elbo_k, over their raw tokens."""
+    if not rows:
+        return {}
+    K, raw = len(rows[0]["samples"]), max(1, sum(r["x_tokens"] for r in rows))
+    return {str(k): sum(elbo_k(r["samples"], k) for r in rows) / raw for k in (2 ** i for i in range(K.bit_length()))
+            if k <= K}
+
+
 def derived_seed(*ints):
     # a seed from (seed, shard, batch) alone: the same shard gets the same randomness in any run and any rank
     return int(np.random.SeedSequence([int(i) for i in ints]).generate_state(1)[0])
@@ -338,7 +358,8 @@ def summarize(rows, cfg, golds=None, result_fn=None, problems=None):
     samples = [x for r in rows for x in r["samples"]]
     mean = lambda xs: sum(xs) / max(1, len(xs))
     summary = dict(chunks=len(rows), K=cfg["K"], selection=cfg["selection"], elbo=mean(elbo),
-                   elbo_per_raw_token=sum(elbo) / max(1, sum(r["x_tokens"] for r in rows)), ess=mean(ess),
+                   elbo_per_raw_token=sum(elbo) / max(1, sum(r["x_tokens"] for r in rows)),
+                   elbo_by_k=elbo_by_k(rows), ess=mean(ess),
                    truncation=mean([x["truncated"] for x in samples]),
                    all_truncated=mean([all(x["truncated"] for x in r["samples"]) for r in rows]),
                    not_round_trip=mean([not x["exact"] for x in samples]),

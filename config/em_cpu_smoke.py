@@ -17,3 +17,4 @@ eval_shots = 1
 eval_limit = 40
 eval_max_new_tokens = 48
 eval_batch = 40
+heldout_docs = 10

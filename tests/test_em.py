@@ -53,6 +53,14 @@ def test_every_stage_leaves_its_files_and_the_table_has_every_row(full_run):
     assert e["K"] == 2 and 1 <= e["ess"] <= 2 and e["elbo"] < 0 and 0 <= e["agree_chosen"] <= 1
     md = open(os.path.join(d, "results.md")).read()
     assert "| EM iteration 2 |" in md and "| raw-FLOP-match |" in md
+    # every latent model's held-out ELBO, on validation chunks (10 documents), K = 1, 2, 4 from one set of samples
+    for name, sub in (("M0 (warm start)", "m0"), ("EM iteration 1", "iter1/mstep"), ("EM iteration 2", "iter2/mstep")):
+        held = json.load(open(os.path.join(d, sub, "heldout", "stage.json")))
+        assert held["elbo_by_k"] == rows[name]["heldout_elbo"] and list(held["elbo_by_k"]) == ["1", "2", "4"]
+        assert held["chunks"] == sum(1 for line in open(os.path.join(d, "data", "val.chunks.jsonl"))
+                                     if json.loads(line)["doc"] in {f"val{i}" for i in range(10)})
+        assert all(v < 0 for v in held["elbo_by_k"].values()), held
+    assert "heldout_elbo" not in rows["raw-FLOP-match"] and "(log-lik.)" in md
     # the bootstrap split's gold thoughts are never trained on: no M-step bin is built from boot.gold.jsonl
     meta = json.load(open(os.path.join(d, "iter1", "estep", "meta.json")))
     assert all("gold" not in str(b.get("thoughts", "")) for b in meta["bins"].values())

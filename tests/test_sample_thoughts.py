@@ -15,7 +15,7 @@ from data.latent import coin_flips, joint_sequence, posterior_prompt, posterior_
 from data.tokenizer import get_tokenizer
 from common import save_checkpoint
 from model import GPT, GPTConfig
-from sample_thoughts import chunk_stats, context_budget, sample_thoughts, select, summarize
+from sample_thoughts import chunk_stats, context_budget, elbo_by_k, elbo_k, sample_thoughts, select, summarize
 
 tok = get_tokenizer("byte")
 BLOCK, THOUGHT = 96, 16
@@ -164,6 +164,24 @@ def test_chunk_stats():
     # a truncated sample has weight 0 when another finished
     elbo, ess = chunk_stats([{"logw": 0.0, "truncated": False}, {"logw": 9.0, "truncated": True}])
     assert abs(elbo + torch.log(torch.tensor(2.0)).item()) < 1e-6 and abs(ess - 1) < 1e-6
+
+
+def test_heldout_elbo_at_k_reads_the_same_samples():
+    g = torch.Generator().manual_seed(0)
+    rows = [{"x_tokens": int(n), "samples": [{"logw": float(v), "truncated": False} for v in -5 * torch.rand(4, generator=g)]}
+            for n in torch.randint(3, 9, (20,), generator=g)]
+    for r in rows:
+        lw = [s["logw"] for s in r["samples"]]
+        assert elbo_k(r["samples"], 1) == pytest.approx(sum(lw) / 4)  # K = 1: the mean log-weight
+        assert elbo_k(r["samples"], 4) == pytest.approx(chunk_stats(r["samples"])[0])  # K = 4: the E-step's figure
+        # on the same samples the bound tightens with k (Jensen, group by group), never only on average
+        assert elbo_k(r["samples"], 1) <= elbo_k(r["samples"], 2) + 1e-12 <= elbo_k(r["samples"], 4) + 2e-12
+    by_k = elbo_by_k(rows)
+    assert list(by_k) == ["1", "2", "4"]
+    raw = sum(r["x_tokens"] for r in rows)
+    assert by_k["1"] == pytest.approx(sum(elbo_k(r["samples"], 1) for r in rows) / raw) and by_k["1"] < by_k["4"]
+    with pytest.raises(ValueError, match="k=5"):
+        elbo_k(rows[0]["samples"], 5)
 
 
 def test_importance_finds_the_thought_that_explains_x(setup, monkeypatch, capsys):
