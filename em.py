@@ -22,6 +22,7 @@ where it stopped. --force=True starts over.
     run_dir/invocations.jsonl     each command run on this directory
 """
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -33,8 +34,8 @@ import torch
 from common import barrier, rank0, setup, teardown
 from configurator import config_files, defaults_of, parse_args, usage_error
 from data import mathworld
-from data.files import (COINS, build_augmented_bin, build_passes_bin, check_contract, check_settings, open_bin,
-                        read_meta, write_json)
+from data.files import (COINS, build_augmented_bin, build_passes_bin, build_raw_bin, check_contract, check_settings,
+                        open_bin, read_jsonl, read_meta, write_chunks, write_json, write_jsonl)
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
 from eval_math import evaluate
@@ -109,6 +110,11 @@ eval_limit = 0            # 0 = every problem of the evaluation set
 eval_max_new_tokens = 80
 eval_batch = 128
 baselines = True          # raw-token-match and raw-FLOP-match
+raw_fresh = False         # also raw-fresh: as many unique documents of the world as raw-FLOP-match trains tokens on,
+                          # read once (the paper's Section 3; the embedded world only)
+wrap = False              # also WRAP and WRAP-CoT at raw-FLOP-match's budget (the paper's Section 3; the embedded chain
+                          # world only): the documents and 2 rephrasings of each; the documents with the teacher's
+                          # derivation written before each result, as plain text (data/mathworld.py)
 oracle = True             # also train on the bootstrap split with its GOLD thoughts (what a perfect E-step would
                           # give), where the corpus has them
 em = True                 # the warm start and the EM iterations (--em=False: only the baselines, e.g. in a second
@@ -161,6 +167,7 @@ def stage_config(cfg, name):
     return {k: cfg[k] for k in keys}
 
 
+WRAP_REPHRASINGS = 2  # wrap: rephrasings of every document, beside it (WRAP's real and synthetic text, 1 : 2)
 HELDOUT_K = 4  # the samples per chunk of the held-out ELBO: K = 1, 2 and 4 are read from the same four
 
 
@@ -295,6 +302,7 @@ class Run:
         its = [n for t in range(1, cfg["iters"] + 1) for n in [f"iter{t}/estep"] + held(f"iter{t}/mstep")]
         self.stage = Stages(cfg, preset, ["data", "base"] + (held("m0") if cfg["em"] else []) +
                             (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
+                            (["raw_fresh"] if cfg["raw_fresh"] else []) + (["wrap", "wrap_cot"] if cfg["wrap"] else []) +
                             (held("oracle") if self.oracle_possible else []) + (its if cfg["em"] else []))
 
     def have(self, name):
@@ -360,30 +368,36 @@ class Run:
             return {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s")}
         self.stage("base", make)
 
-    def fit(self, d, parts, max_tokens, init, latent):
+    def read_tokens(self, max_tokens):
+        """The tokens a training of max_tokens reads: whole steps (train.py), and one window's targets past the last."""
+        c = resolve(**self.train_kw)
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        step = c["batch_size"] * c["grad_accum"] * c["block_size"] * world
+        return math.ceil(int(max_tokens) / step) * step + c["block_size"] + 1
+
+    def fit(self, d, parts, max_tokens, init, latent, sampler=None):
         """Train from init on parts, (chunks, thoughts or None, one-pass bin) each, for max_tokens: in whole passes
         with coins tossed per pass (sampler=passes: d/passes.bin, data/files.py: build_passes_bin), or in random
         windows of the one-pass bins mixed by size (sampler=windows)."""
-        cfg, max_tokens = self.cfg, int(max_tokens)
-        if cfg["sampler"] == "passes":
+        cfg, max_tokens, sampler = self.cfg, int(max_tokens), sampler or self.cfg["sampler"]
+        if sampler == "passes":
             bins, weights = [os.path.join(d, "passes.bin")], None
-            T = resolve(**self.train_kw)["block_size"]
             if rank0() and not os.path.exists(bins[0]):  # the seed is the run's: the same corpus on a rerun
-                build_passes_bin(self.tok, [p[:2] for p in parts], bins[0], cfg["seed"], max_tokens + T + 1,
+                build_passes_bin(self.tok, [p[:2] for p in parts], bins[0], cfg["seed"], self.read_tokens(max_tokens),
                                  coin=cfg["coin"], raw_mix=cfg["raw_mix"])
             barrier()
         else:
             bins = [p[2] for p in parts]
             sizes = [n_tokens(b) for b in bins]
             weights = [n / sum(sizes) for n in sizes]
-        return train(out_dir=d, train_bins=bins, train_weights=weights, sampler=cfg["sampler"], max_tokens=max_tokens,
+        return train(out_dir=d, train_bins=bins, train_weights=weights, sampler=sampler, max_tokens=max_tokens,
                      init_from=init, latent=latent, **self.train_kw)
 
-    def fit_and_eval(self, d, parts, max_tokens, init, latent):
+    def fit_and_eval(self, d, parts, max_tokens, init, latent, sampler=None, exemplars=None):
         """Train (fit), then evaluate on the reported split (with also_valid, on valid.jsonl too)."""
         cfg = self.cfg
-        summary = self.fit(d, parts, max_tokens, init, latent)
-        ev = dict(exemplars=self.exemplars, n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"],
+        summary = self.fit(d, parts, max_tokens, init, latent, sampler)
+        ev = dict(exemplars=exemplars or self.exemplars, n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"],
                   batch_size=cfg["eval_batch"], limit=cfg["eval_limit"] or None)
         r = evaluate(summary["ckpt"], self.eval_data, out_dir=os.path.join(d, "eval"), **ev)
         out = {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s"), "latent": latent,
@@ -415,13 +429,59 @@ class Run:
                                                      self.base, True))
         self.heldout("m0")
 
+    def raw_parts(self):
+        """The raw documents an M-step's corpus is made of (the bootstrap split alone with mstep_data=bootstrap)."""
+        return self.raw if self.cfg["mstep_data"] == "all" else self.raw[1:]
+
     def baselines(self):
         """The same documents without thoughts (docs/method.md, Baselines): as many raw tokens (and epochs), and as many
         training tokens as an M-step."""
-        raw = self.raw if self.cfg["mstep_data"] == "all" else self.raw[1:]
+        raw = self.raw_parts()
         raw_tokens = self.cfg["mstep_epochs"] * sum(n_tokens(p[2]) for p in raw)
         self.stage("raw_token_match", lambda d: self.fit_and_eval(d, raw, raw_tokens, self.base, False))
         self.stage("raw_flop_match", lambda d: self.fit_and_eval(d, raw, self.budget, self.base, False))
+
+    def world_only(self, what):
+        if self.cfg["data_dir"]:
+            raise ValueError(f"--{what}=True needs the embedded world (data/mathworld.py) to write its documents; "
+                             f"a --data_dir corpus has no generator")
+
+    def other_uses(self):
+        """The paper's Section 3 rows, each a raw model at raw-FLOP-match's budget (docs/method.md, Baselines):
+        raw-fresh (unique documents, read once), WRAP (the documents and rephrasings of them) and WRAP-CoT (the
+        documents with the teacher's derivations as plain text, the bootstrap split's from its gold thoughts)."""
+        cfg, raw = self.cfg, self.raw_parts()
+
+        def written(d, name, docs):  # a chunk file of this stage and its raw bin, written once (rank 0)
+            chunks, bin_path = os.path.join(d, f"{name}.chunks.jsonl"), os.path.join(d, f"{name}_raw.bin")
+            if rank0() and not os.path.exists(bin_path):
+                write_chunks(chunks, docs())
+                build_raw_bin(self.tok, chunks, bin_path)
+            barrier()
+            return chunks, None, bin_path
+
+        if cfg["raw_fresh"]:
+            self.world_only("raw_fresh")
+            have = sum(n_tokens(p[2]) for p in raw)
+            self.stage("raw_fresh", lambda d: self.fit_and_eval(d, raw + [written(d, "fresh", lambda: mathworld.fresh_documents(
+                self.data, self.read_tokens(self.budget) - have, self.tok, cfg["seed"]))], self.budget, self.base, False,
+                sampler="passes"))  # one pass of unique documents, whatever the sampler
+        if cfg["wrap"]:
+            self.world_only("wrap")
+            self.stage("wrap", lambda d: self.fit_and_eval(d, raw + [written(d, "wrap", lambda: [
+                doc for p in raw for doc in mathworld.rephrased_documents(p[0], WRAP_REPHRASINGS, cfg["seed"])])],
+                self.budget, self.base, False))
+
+            def wrap_cot(d):
+                exemplars = os.path.join(d, "exemplars.jsonl")  # the few-shot solutions show the derivation inline
+                if rank0():
+                    write_jsonl(exemplars, (mathworld.inline_exemplar(r) for _, r in read_jsonl(self.exemplars)))
+                barrier()
+                parts = self.mstep_parts(self.gold, None)
+                return self.fit_and_eval(d, [written(d, "inline", lambda: [
+                    doc for p in parts for doc in mathworld.inline_documents(*p[:2])])], self.budget, self.base, False,
+                    exemplars=exemplars)
+            self.stage("wrap_cot", wrap_cot)
 
     def mstep_parts(self, thoughts, frozen_bin):
         """An M-step's corpus (and the oracle's): the bootstrap split with these thoughts, after the warm-start split
@@ -513,6 +573,7 @@ def main(argv):
         run.warm_start()
     if cfg["baselines"]:
         run.baselines()
+    run.other_uses()
     if run.oracle_possible:
         run.oracle()
     if cfg["em"]:

@@ -35,7 +35,8 @@ from sample_thoughts import chunk_stats, eligible_log_w
 
 N_CHUNKS = 4  # bootstrap chunks shown with their thoughts: enough to compare, few enough to read in class
 TRAININGS = [("base", "base"), ("M0 (warm start)", "m0"), ("raw-token-match", "raw_token_match"),
-             ("raw-FLOP-match", "raw_flop_match"), ("gold thoughts (oracle)", "oracle")]
+             ("raw-FLOP-match", "raw_flop_match"), ("raw-fresh", "raw_fresh"), ("rephrased (WRAP)", "wrap"),
+             ("inline thoughts (WRAP-CoT)", "wrap_cot"), ("gold thoughts (oracle)", "oracle")]
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; font-size: 0.9em; margin: 1em 0; }
@@ -80,6 +81,7 @@ def collect(cfg):
         p = os.path.join(rd, name, "stage.json")
         return json.load(open(p)) if os.path.exists(p) else None
     for title, name in (("raw-token-match", "raw_token_match"), ("raw-FLOP-match", "raw_flop_match"),
+                        ("raw-fresh", "raw_fresh"), ("rephrased (WRAP)", "wrap"), ("inline thoughts (WRAP-CoT)", "wrap_cot"),
                         ("gold thoughts (oracle)", "oracle"), ("M0 (warm start)", "m0")):
         if load(name):
             rows[title] = load(name)

@@ -38,8 +38,8 @@ import time
 
 import numpy as np
 
-from data.files import (build_augmented_bin, build_raw_bin, check_settings, read_meta, update_meta, write_chunks,
-                        write_json, write_jsonl)
+from data.files import (build_augmented_bin, build_raw_bin, check_settings, read_chunks, read_jsonl, read_meta,
+                        read_thoughts, update_meta, write_chunks, write_json, write_jsonl)
 from data.latent import augmented_document, show
 from data.tokenizer import DIGITS_PAT, MATHWORLD_BPE, fit_bpe, get_tokenizer, save_bpe
 
@@ -334,6 +334,86 @@ def write_tokenizer(path=MATHWORLD_BPE):
     """Fit the "mathworld" tokenizer's merges to tokenizer_text and write them where data/tokenizer.py reads them."""
     save_bpe(path, fit_bpe(tokenizer_text(), TOKENIZER_MERGES, DIGITS_PAT))
     return path
+
+
+# ----------------------------------------------------------------------------- the paper's other uses of the data
+# (its Section 3: the same documents repeated, fresh ones, rephrased (WRAP), rephrased with the reasoning written in
+# (WRAP-CoT)); em.py trains one raw model on each (--raw_fresh, --wrap)
+
+def fresh_documents(data_dir, n_tokens, tok, seed=0):
+    """Raw documents of the bootstrap split's kind (every level, same problems per document) that no split of
+    data_dir holds, until their raw tokens reach n_tokens: the raw-fresh baseline, what a world with more text
+    would give. Held-out problems (eval, valid, exemplars) stay out, as in every training text; a problem may
+    recur (a 2-step chain has a few thousand spellings), a document does not. Returns [(doc id, [chunk texts])]."""
+    knobs = read_meta(data_dir).get("mathworld")
+    if knobs is None:
+        raise ValueError(f"{data_dir}: not a corpus of the embedded world (no 'mathworld' in meta.json); fresh "
+                         "documents can only be generated for it")
+    held = {r["problem"] for name in ("eval", "valid", "exemplars") if os.path.exists(f"{data_dir}/{name}.jsonl")
+            for _, r in read_jsonl(f"{data_dir}/{name}.jsonl")}
+    seen = {"".join(c["text"] for c in doc) for split in ("warm", "boot", "val")
+            for doc in read_chunks(f"{data_dir}/{split}.chunks.jsonl")}
+    world = {k: knobs[k] for k in ("problems_per_doc", "families", "max_level") if k in knobs}
+    out, got, block = [], 0, 0
+    while got < n_tokens:
+        docs, _, _ = generate([seed, knobs["seed"], 11, block], 1000, n_eval=0, n_exemplars=0, exclude=held, **world)
+        for doc in docs:
+            texts = [c["text"] for c in doc]
+            if "".join(texts) in seen or got >= n_tokens:
+                continue
+            seen.add("".join(texts))
+            out.append((f"fresh{len(out)}", texts))
+            got += len(tok.encode("".join(texts))) + 1  # + its end-of-text token (data/files.py: raw_document)
+        block += 1
+    return out
+
+
+CHAIN = re.compile(r"Start at (\d+), (.+), then (.+)\.")
+CHAIN_WORDINGS = (  # (opening, separator, last, close): the problem's steps in another order of words
+    ("Begin with {x}. Then {steps}", ", ", ", and finally {last}.", ""),
+    ("Take {x}; {steps}", "; ", "; {last}. What is the result?", ""),
+    ("From {x}: {steps}", ", next ", ", last {last}.", ""),
+)
+STEP_WORDINGS = {"add": ("add {k}", "plus {k}", "increase by {k}"), "subtract": ("subtract {k}", "minus {k}", "take away {k}"),
+                 "double": ("double", "multiply by 2", "times 2"), "triple": ("triple", "multiply by 3", "times 3")}
+
+
+def rephrase(text, rng):
+    """A chain-world text with every problem statement in another wording (CHAIN_WORDINGS, STEP_WORDINGS): the same
+    start, the same operations in the same order, so the same answer; everything else ("Final Answer: N") as it
+    was. The WRAP baseline's rephrasing, by a writer that knows the world instead of an LLM."""
+    def one(m):
+        x, words = m[1], m[2].split(", ") + [m[3]]
+        said = []
+        for w in words:
+            verb, *k = w.split(" ")
+            forms = STEP_WORDINGS[verb]
+            said.append(forms[int(rng.integers(len(forms)))].format(k=k[0] if k else ""))
+        opening, sep, last, _ = CHAIN_WORDINGS[int(rng.integers(len(CHAIN_WORDINGS)))]
+        return opening.format(x=x, steps=sep.join(said[:-1])) + last.format(last=said[-1])
+    if "Problem:" in text and not CHAIN.search(text):
+        raise ValueError(f"rephrase: only the chain family has other wordings, got {text[:80]!r}")
+    return CHAIN.sub(one, text)
+
+
+def rephrased_documents(chunks_path, n, seed=0):
+    """n rephrasings of every document of a chunk file, each a document of its own: [(doc id, [chunk texts])]."""
+    return [(f"{doc[0]['doc']}~wrap{r}", [rephrase(c["text"], np.random.default_rng([seed, d, r, 13])) for c in doc])
+            for r in range(n) for d, doc in enumerate(read_chunks(chunks_path))]
+
+
+def inline_documents(chunks_path, thoughts_path, skip_first=True):
+    """Every document of a chunk file with each chunk's thought written into the text before it, "Solution: {thought}\n"
+    (the background text's spelling), as plain text: no latent tokens, no coins (the WRAP-CoT baseline). The first
+    chunk's thought is left out (nothing to derive yet: the constant FIRST_THOUGHT). [(doc id, [chunk texts])]."""
+    thoughts = read_thoughts(thoughts_path)
+    return [(doc[0]["doc"], [c["text"] if (skip_first and i == 0) else f"Solution: {thoughts[c['id']]}\n{c['text']}"
+                             for i, c in enumerate(doc)]) for doc in read_chunks(chunks_path)]
+
+
+def inline_exemplar(row):
+    """An exemplars.jsonl row whose raw solution shows the derivation inline, as inline_documents writes it."""
+    return {**row, "raw_solution": f"Solution: {row['thought']}\n{row['raw_solution']}"}
 
 
 def math_row(p):

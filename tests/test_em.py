@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+from data.files import open_bin, read_chunks, read_jsonl, read_thoughts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -64,6 +66,37 @@ def test_every_stage_leaves_its_files_and_the_table_has_every_row(full_run):
     # the bootstrap split's gold thoughts are never trained on: no M-step bin is built from boot.gold.jsonl
     meta = json.load(open(os.path.join(d, "iter1", "estep", "meta.json")))
     assert all("gold" not in str(b.get("thoughts", "")) for b in meta["bins"].values())
+
+
+def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
+    """--raw_fresh and --wrap (the paper's Section 3 rows) on the smoke run's corpus and base: raw-fresh reads unique
+    documents once, none of them a bootstrap document; WRAP reads every document and two rephrasings of it; WRAP-CoT
+    reads the documents with their gold derivations as plain text, and is prompted with derivations inline."""
+    from data.tokenizer import get_tokenizer
+    d_full, _ = full_run
+    d = str(tmp_path / "section3")
+    em(d, f"--reuse_from={d_full}", "--em=False", "--baselines=False", "--raw_fresh=True", "--wrap=True")
+    rows = json.load(open(os.path.join(d, "results.json")))["rows"]  # beside the shared rows of the smoke run
+    assert list(rows)[:5] == ["raw-token-match", "raw-FLOP-match", "raw-fresh", "rephrased (WRAP)",
+                              "inline thoughts (WRAP-CoT)"]
+    budget = rows.pop("raw-FLOP-match")["tokens"]
+    rows = {n: rows[n] for n in list(rows)[1:4]}
+    assert all(r["tokens"] == budget and r["n"] == 40 and r["latent"] is False for r in rows.values())
+    text = lambda path: {"".join(c["text"] for c in doc) for doc in read_chunks(path)}
+    boot, fresh = text(os.path.join(d_full, "data", "boot.chunks.jsonl")), text(os.path.join(d, "raw_fresh", "fresh.chunks.jsonl"))
+    assert fresh and not fresh & boot
+    passes = json.load(open(os.path.join(d, "raw_fresh", "meta.json")))["bins"]["passes.bin"]
+    assert passes["passes"] == 1 and passes["tokens"] >= budget  # read once: no document repeats
+    wrapped = read_chunks(os.path.join(d, "wrap", "wrap.chunks.jsonl"))
+    n_docs = sum(len(read_chunks(os.path.join(d_full, "data", f"{s}.chunks.jsonl"))) for s in ("warm", "boot"))
+    assert len(wrapped) == 2 * n_docs and all("Start at" not in c["text"] for doc in wrapped for c in doc)
+    inline = {c["id"]: c["text"] for doc in read_chunks(os.path.join(d, "wrap_cot", "inline.chunks.jsonl")) for c in doc}
+    gold = read_thoughts(os.path.join(d_full, "data", "boot.gold.jsonl"))
+    assert all(inline[i].startswith(f"Solution: {z}\nFinal Answer: ") for i, z in gold.items() if not i.endswith(":0"))
+    tok = get_tokenizer("mathworld")
+    assert not set(open_bin(os.path.join(d, "wrap_cot", "inline_raw.bin")).tolist()) & set(tok.latent_ids)
+    prompt = next(r for _, r in read_jsonl(os.path.join(d, "wrap_cot", "eval", "problems.jsonl")))["prompt"]
+    assert "\nSolution: " in prompt and "=>" in prompt  # the exemplars show their derivations inline
 
 
 def test_interrupted_run_resumes_to_the_same_table(full_run, tmp_path):

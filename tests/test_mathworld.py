@@ -4,7 +4,9 @@ import os
 import pytest
 
 from data.files import open_bin, read_chunks, read_jsonl, read_thoughts
-from data.mathworld import DEFAULT_FAMILIES, FAMILIES, generate, prepare, thought_result
+from data.mathworld import (DEFAULT_FAMILIES, FAMILIES, STEP_WORDINGS, generate, prepare, rephrase, thought_result)
+import numpy as np
+import re
 from data.tokenizer import get_tokenizer
 
 KNOBS = dict(n_docs=40, n_val_docs=10, n_eval=30, n_exemplars=4, n_valid=10, n_background_docs=20)
@@ -172,3 +174,30 @@ def test_restate_style_copies_each_steps_words_and_leaves_the_rest_as_it_was():
         generate(seed=0, n_docs=2, families=["chain", "word"], thought_style="restate")
     with pytest.raises(ValueError, match="thought_style must be one of"):
         generate(seed=0, n_docs=2, families=["chain"], thought_style="verbose")
+
+
+def test_a_rephrased_problem_has_the_same_answer():
+    """Every wording rephrase writes, read back step by step, gives the answer the document states."""
+    forms = {f.format(k="").strip(): op for op, fs in STEP_WORDINGS.items() for f in fs}
+    def answer_of(statement):  # "Begin with 9. Then plus 3, multiply by 2, ..., and finally subtract 2."
+        x, rest = re.match(r"\D*?(\d+)[.;:]? ?(.*)", statement).groups()
+        x = int(x)
+        for step in re.split(r", next |, and finally |, last |; |, ", re.sub(r"^Then |\. What is the result\?$|\.$", "", rest)):
+            k = re.search(r"\d+$", step)
+            op = forms[step[:k.start()].strip() if k and not step.startswith(("multiply", "times")) else step]
+            x = {"add": lambda: x + int(k[0]), "subtract": lambda: x - int(k[0]), "double": lambda: 2 * x,
+                 "triple": lambda: 3 * x}[op]()
+        return x
+    docs, _, _ = generate(seed=5, n_docs=60, n_eval=0, n_exemplars=0, families=["chain"], max_level=4)
+    n = 0
+    for d, doc in enumerate(docs):
+        text = "".join(c["text"] for c in doc)
+        again = rephrase(text, np.random.default_rng(d))
+        stated = re.findall(r"Final Answer: (\d+)", again)
+        assert stated == re.findall(r"Final Answer: (\d+)", text) and "Start at" not in again
+        problems = re.findall(r"Problem:\n(.*)\n", again)
+        assert [answer_of(p) for p in problems] == [int(a) for a in stated]
+        n += len(problems)
+    assert n > 150
+    with pytest.raises(ValueError, match="only the chain family"):
+        rephrase("Problem:\nSolve 3x+2=11.\n", np.random.default_rng(0))
