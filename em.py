@@ -86,6 +86,10 @@ mstep_data = "all"        # all: the M-step trains on the warm-start split and t
                           # trained on
 raw_mix = 0.0             # the chance that a pass reads a thought-augmented document as its raw text (the official
                           # mix_in_raw_ratio, 0 in its setups); sampler=passes only
+worth = ()                # e.g. --worth=2,4,8: what a thought is worth in raw data (the embedded world only): raw models
+                          # at raw-FLOP-match's budget on m times its unique raw tokens (its documents and fresh ones),
+                          # m = 1 being raw-FLOP-match and about 15 raw-fresh; every latent row is placed on that
+                          # curve (report.py: thought_worth)
 # E-step (sample_thoughts.py)
 K = 4
 estep_temperature = 1.0   # the proposal's temperature (sample_thoughts.py: temperature; the paper: 1)
@@ -303,6 +307,7 @@ class Run:
         self.stage = Stages(cfg, preset, ["data", "base"] + (held("m0") if cfg["em"] else []) +
                             (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
                             (["raw_fresh"] if cfg["raw_fresh"] else []) + (["wrap", "wrap_cot"] if cfg["wrap"] else []) +
+                            [f"worth_x{m}" for m in cfg["worth"]] +
                             (held("oracle") if self.oracle_possible else []) + (its if cfg["em"] else []))
 
     def have(self, name):
@@ -460,12 +465,21 @@ class Run:
             barrier()
             return chunks, None, bin_path
 
-        if cfg["raw_fresh"]:
+        have = sum(n_tokens(p[2]) for p in raw)  # raw-FLOP-match's unique tokens
+
+        def fresh(d, n):  # a raw model at the budget on the documents and fresh ones up to n unique tokens, in passes
+            extra = written(d, "fresh", lambda: mathworld.fresh_documents(self.data, n - have, self.tok, cfg["seed"]))
+            r = self.fit_and_eval(d, raw + [extra], self.budget, self.base, False, sampler="passes")
+            unique = have + n_tokens(extra[2])
+            return {**r, "unique_tokens": unique, "unique_x": unique / have}
+        if cfg["raw_fresh"]:  # one pass of unique documents, whatever the sampler
             self.world_only("raw_fresh")
-            have = sum(n_tokens(p[2]) for p in raw)
-            self.stage("raw_fresh", lambda d: self.fit_and_eval(d, raw + [written(d, "fresh", lambda: mathworld.fresh_documents(
-                self.data, self.read_tokens(self.budget) - have, self.tok, cfg["seed"]))], self.budget, self.base, False,
-                sampler="passes"))  # one pass of unique documents, whatever the sampler
+            self.stage("raw_fresh", lambda d: fresh(d, self.read_tokens(self.budget)))
+        for m in cfg["worth"]:
+            self.world_only("worth")
+            if not (isinstance(m, int) and m >= 2):
+                raise ValueError(f"worth: multiples of raw-FLOP-match's unique tokens, integers from 2, got {m!r}")
+            self.stage(f"worth_x{m}", lambda d: fresh(d, m * have))
         if cfg["wrap"]:
             self.world_only("wrap")
             self.stage("wrap", lambda d: self.fit_and_eval(d, raw + [written(d, "wrap", lambda: [

@@ -24,6 +24,7 @@ import glob
 import html
 import io
 import json
+import math
 import os
 import re
 
@@ -85,6 +86,10 @@ def collect(cfg):
                         ("gold thoughts (oracle)", "oracle"), ("M0 (warm start)", "m0")):
         if load(name):
             rows[title] = load(name)
+        if name == "wrap_cot":  # the thought-worth curve's points sit beside raw-fresh
+            for m in cfg.get("worth", ()):
+                if load(f"worth_x{m}"):
+                    rows[worth_row(m)] = load(f"worth_x{m}")
     for t in range(1, cfg["iters"] + 1):
         e, m = load(f"iter{t}/estep"), load(f"iter{t}/mstep")
         if e and m:
@@ -296,6 +301,33 @@ def table(rows, split="eval"):
     return head, out
 
 
+def worth_row(m):
+    return f"raw, {m}x the unique tokens"
+
+
+def thought_worth(rows):
+    """What a thought is worth in raw data (em.py --worth): the raw curve, accuracy against unique raw tokens at
+    one compute budget (raw-FLOP-match at 1x, the worth_x rows, raw-fresh), and for every latent row the multiple
+    of raw-FLOP-match's unique tokens at which that curve first reaches its accuracy (linear in log tokens between
+    points; "< 1" below raw-FLOP-match, "> N" above the curve's end). None without a worth row."""
+    if "raw-FLOP-match" not in rows or not any(n.startswith("raw, ") for n in rows):
+        return None
+    pts = sorted([(1.0, rows["raw-FLOP-match"]["accuracy"])] +
+                 [(r["unique_x"], r["accuracy"]) for r in rows.values() if "unique_x" in r])
+
+    def place(acc):
+        if acc < pts[0][1]:
+            return f"< {pts[0][0]:.0f}"
+        for (x0, a0), (x1, a1) in zip(pts, pts[1:]):
+            if a0 <= acc <= a1 and a1 > a0:  # the first segment of the curve that reaches acc
+                return f"{2 ** (math.log2(x0) + (acc - a0) / (a1 - a0) * math.log2(x1 / x0)):.1f}"
+        reached = [x for x, a in pts if a >= acc]  # a flat stretch of the curve at exactly acc
+        return f"{reached[0]:.1f}" if reached else f"> {pts[-1][0]:.0f}"
+    latent = [n for n in rows if n in ("gold thoughts (oracle)", "M0 (warm start)") or n.startswith("EM iteration")]
+    return {"curve": [{"unique_x": x, "accuracy": a} for x, a in pts],
+            "placed": {n: place(rows[n]["accuracy"]) for n in latent}}
+
+
 def heldout_cell(name, r):
     """The held-out ELBO per raw token at K = 1 / 2 / 4 (em.py: Run.heldout). A raw model has no thoughts to
     infer: its exact log-likelihood per raw token is minus its validation raw loss, the figure the ELBO bounds."""
@@ -340,6 +372,14 @@ def results_markdown(cfg, rows):
     lines = [f"K = {cfg['K']}, " + (f"temperature {T}, " if T != 1 else "") + f"selection = {cfg['selection']}, "
              f"{'continue from previous' if cfg['continue_from_previous'] else 'restart from base'}", ""]
     lines += markdown_table(*table(rows, cfg.get("eval_split", "eval")))
+    worth = thought_worth(rows)
+    if worth:
+        lines += ["", "What a thought is worth in raw data: raw models at one budget on more unique raw tokens (x "
+                  "raw-FLOP-match's), and the multiple at which they match each latent row", "",
+                  *markdown_table(["unique raw tokens (x)"] + [f"{p['unique_x']:.1f}" for p in worth["curve"]],
+                                  [["raw accuracy"] + [f"{p['accuracy']:.3f}" for p in worth["curve"]]]), "",
+                  *markdown_table(["latent row", "equals a raw model on this many times the unique tokens"],
+                                  list(worth["placed"].items()))]
     by_steps = steps_table(rows)
     if by_steps:
         lines += ["", "By the problem's number of steps: accuracy; for EM iterations also the E-step's gold-result "
@@ -459,7 +499,7 @@ def write_results(cfg, log=print):
     markdown = results_markdown(cfg, rows)
     with atomic_open(os.path.join(rd, "results.md")) as f:  # a reader never sees a half-written table
         f.write(markdown + "\n")
-    write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows})
+    write_json(os.path.join(rd, "results.json"), {"config": cfg, "rows": rows, "worth": thought_worth(rows)})
     print(markdown, flush=True)
     plt = pyplot()
     if plt is not None and "M0 (warm start)" in rows:

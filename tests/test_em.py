@@ -75,10 +75,15 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
     from data.tokenizer import get_tokenizer
     d_full, _ = full_run
     d = str(tmp_path / "section3")
-    em(d, f"--reuse_from={d_full}", "--em=False", "--baselines=False", "--raw_fresh=True", "--wrap=True")
-    rows = json.load(open(os.path.join(d, "results.json")))["rows"]  # beside the shared rows of the smoke run
-    assert list(rows)[:5] == ["raw-token-match", "raw-FLOP-match", "raw-fresh", "rephrased (WRAP)",
-                              "inline thoughts (WRAP-CoT)"]
+    em(d, f"--reuse_from={d_full}", "--em=False", "--baselines=False", "--raw_fresh=True", "--wrap=True", "--worth=2,")
+    results = json.load(open(os.path.join(d, "results.json")))
+    rows = results["rows"]  # beside the shared rows of the smoke run
+    assert list(rows)[:6] == ["raw-token-match", "raw-FLOP-match", "raw-fresh", "rephrased (WRAP)",
+                              "inline thoughts (WRAP-CoT)", "raw, 2x the unique tokens"]
+    # the thought-worth curve: raw-FLOP-match's unique tokens at 1x, twice as many, and raw-fresh's
+    x = [p["unique_x"] for p in results["worth"]["curve"]]
+    assert x[0] == 1.0 and 2.0 <= x[1] < 2.1 and x[2] == rows["raw-fresh"]["unique_x"] > 2.1
+    assert list(results["worth"]["placed"]) == ["M0 (warm start)"]  # the one latent row --reuse_from shares
     budget = rows.pop("raw-FLOP-match")["tokens"]
     rows = {n: rows[n] for n in list(rows)[1:4]}
     assert all(r["tokens"] == budget and r["n"] == 40 and r["latent"] is False for r in rows.values())

@@ -244,3 +244,18 @@ def test_spread_of_a_valid_split_run_has_no_eval_figure():
     row = {"accuracy": 0.7, "ci_low": 0.6, "ci_high": 0.8, "tokens": 1e6}
     s = dict(spread([({"eval_split": "valid"}, {"M0 (warm start)": row})] * 2))
     assert "eval" not in s["M0 (warm start)"] and s["M0 (warm start)"]["valid"][0] == 0.7
+
+
+def test_thought_worth_places_each_latent_row_on_the_raw_curve():
+    from report import thought_worth
+    rows = {"raw-FLOP-match": {"accuracy": 0.4}, "raw, 2x the unique tokens": {"accuracy": 0.5, "unique_x": 2.0},
+            "raw, 4x the unique tokens": {"accuracy": 0.7, "unique_x": 4.0},
+            "raw-fresh": {"accuracy": 0.72, "unique_x": 15.0}, "M0 (warm start)": {"accuracy": 0.6},
+            "EM iteration 1": {"accuracy": 0.9}, "gold thoughts (oracle)": {"accuracy": 0.3},
+            "EM iteration 2": {"accuracy": 0.5}}
+    w = thought_worth(rows)
+    assert [p["unique_x"] for p in w["curve"]] == [1.0, 2.0, 4.0, 15.0]
+    # 0.6 is half way from 2x (0.5) to 4x (0.7): 2 ** 1.5 in log tokens
+    assert w["placed"] == {"M0 (warm start)": "2.8", "EM iteration 1": "> 15", "gold thoughts (oracle)": "< 1",
+                           "EM iteration 2": "2.0"}
+    assert thought_worth({k: v for k, v in rows.items() if not k.startswith("raw, ")}) is None
