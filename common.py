@@ -16,6 +16,7 @@ A checkpoint is one torch.save'd dict:
     config      the settings of the training that wrote it
     and, from train.py, the state that resumes it: step, steps_total, optimizer, wall_s, done, summary
 """
+import datetime
 import os
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -40,6 +41,23 @@ class Compute:
         barrier()
 
 
+# The process group's backends on a GPU: NCCL for CUDA tensors, and gloo for CPU tensors, since the group is made
+# once (em.py) and joined by every stage, some of which reduce on the CPU: sample_thoughts.py with engine=vllm
+# computes on the CPU (the GPUs are the server's) and all_reduces its counters there, which NCCL alone refuses.
+# torch's own default when no backend is named on a CUDA machine (Backend.default_device_backend_map).
+BACKEND_CUDA = "cpu:gloo,cuda:nccl"
+# How long a collective (a barrier) waits for the slowest rank before the job fails: torch's default is 10 minutes
+# for NCCL, while rank 0 alone does stages that take longer and the other ranks wait in a barrier meanwhile: the
+# corpus (em.py: data), the E-step's merge of every shard into thoughts.jsonl and aug.bin (sample_thoughts.merge),
+# and the vLLM server's start (vllm_engine.serving: up to its start_timeout, 30 minutes). A rank that dies does not
+# wait this long: torchrun stops every rank when one exits with an error. DIST_TIMEOUT_MIN overrides it.
+DIST_TIMEOUT_MIN = 120.0
+
+
+def group_timeout():
+    return datetime.timedelta(minutes=float(os.environ.get("DIST_TIMEOUT_MIN", DIST_TIMEOUT_MIN)))
+
+
 def setup(device="auto", dtype="auto"):
     """
     The one set-up of every stage (train, E-step, evaluation, em): device "auto" = this rank's GPU if there is one,
@@ -59,7 +77,7 @@ def setup(device="auto", dtype="auto"):
         torch.cuda.set_device(device)  # so synchronize() and nccl use this rank's GPU
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA for what runs in float32
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        torch.distributed.init_process_group(BACKEND_CUDA if cuda else "gloo", timeout=group_timeout())
     bf16 = dtype == "bfloat16" or (dtype == "auto" and cuda)
     if bf16 and not cuda and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         # measured: a training step of the default model 15x slower than float32 on an AVX2-only CPU
@@ -89,6 +107,15 @@ def print0(*args, **kwargs):
 def barrier():
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def from_rank0(obj):
+    """Rank 0's obj (anything picklable) on every rank; each waits until rank 0 sends it."""
+    if not torch.distributed.is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def teardown():

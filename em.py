@@ -34,11 +34,11 @@ import torch
 from common import barrier, rank0, setup, teardown
 from configurator import config_files, defaults_of, parse_args, usage_error
 from data import mathworld
-from data.files import (COINS, build_augmented_bin, build_passes_bin, build_raw_bin, check_contract, check_settings,
-                        open_bin, read_jsonl, read_meta, write_chunks, write_json, write_jsonl)
+from data.files import (COINS, build_augmented_bin, build_passes_bin, build_raw_bin, build_solved_bin, check_contract,
+                        check_settings, open_bin, read_jsonl, read_meta, write_chunks, write_json, write_jsonl)
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
-from eval_math import evaluate
+from eval_math import evaluate, load_rows
 from report import write_results, write_sweep
 from sample_thoughts import sample_thoughts
 from train import make_base, resolve, train
@@ -71,9 +71,9 @@ train_config = "config/train_mathworld.py"
 train_overrides = {}      # any train.py key, e.g. {"n_layer": 2}
 base_epochs = 2.0         # pretrain the base on the background text for this many passes (0 = a fresh init)
 mstep_epochs = 7.0        # budget = mstep_epochs x the thought-augmented corpus (warm + bootstrap); at half
-                          # of it a skill forms in one training and not in another (docs/bootstrapping.md)
+                          # of it a skill forms in one training and not in another (docs/notebook.md)
 m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (docs/method.md, Warm start); M_0 is
-                          # a lottery at 16 and strong from 24, with little left to bootstrap (docs/bootstrapping.md)
+                          # a lottery at 16 and strong from 24, with little left to bootstrap (docs/notebook.md)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
 sampler = "windows"       # windows: random windows with replacement over bins written once | passes: every training
                           # reads whole passes, each document once per pass in a shuffled order (the official loader);
@@ -90,6 +90,13 @@ worth = ()                # e.g. --worth=2,4,8: what a thought is worth in raw d
                           # at raw-FLOP-match's budget on m times its unique raw tokens (its documents and fresh ones),
                           # m = 1 being raw-FLOP-match and about 15 raw-fresh; every latent row is placed on that
                           # curve (report.py: thought_worth)
+finetune_eval = False     # also evaluate every model as the official run_finetune_eval.sh does: fine-tuned on solved
+                          # problems of the world (in the spelling its training taught: the derivation as a prior-order
+                          # thought, or as plain text), then greedy and zero-shot; the embedded world only
+finetune_problems = 1000  # finetune_eval: solved problems, none held out (data/mathworld.py: finetune_problems)
+finetune_epochs = 5.0     # finetune_eval: passes over them (the official: 5)
+finetune_lr = 3e-4        # finetune_eval: peak learning rate (a tenth of the trainings'), cosine to a tenth of it
+finetune_seeds = 3        # finetune_eval: fine-tunings per model (downstream seeds 0, 1, ...): mean, min and max
 # E-step (sample_thoughts.py)
 K = 4
 estep_temperature = 1.0   # the proposal's temperature (sample_thoughts.py: temperature; the paper: 1)
@@ -161,6 +168,9 @@ def stage_config(cfg, name):
         keys += ["mstep_epochs", "eval_data", "eval_exemplars", "eval_split", "eval_shots", "eval_limit", "eval_max_new_tokens"]
     if name == "m0":
         keys += ["m0_epochs"]
+    if name.endswith("/finetune"):  # a model's fine-tuning evaluation: that model's settings, and its own
+        return {**stage_config(cfg, name[:-len("/finetune")]),
+                **{k: cfg[k] for k in ("finetune_problems", "finetune_epochs", "finetune_lr", "finetune_seeds")}}
     if name.endswith("/heldout"):  # a model's held-out ELBO: that model's settings, and its own
         return {**stage_config(cfg, name[:-len("/heldout")]), "heldout_docs": cfg["heldout_docs"],
                 "heldout_K": HELDOUT_K, **{k: cfg[k] for k in ("n_prefix", "max_thought_tokens", "estep_batch")}}
@@ -177,14 +187,17 @@ HELDOUT_K = 4  # the samples per chunk of the held-out ELBO: K = 1, 2 and 4 are 
 
 def run_estep(cfg, ckpt, d, estep):
     """estep(**engine) in this process, or with estep_engine=vllm against a vLLM server for ckpt: the one given by
-    vllm_url, or one started here for this E-step and stopped after it."""
+    vllm_url, or one started here for this E-step (by rank 0, for every rank) and stopped after it."""
     if cfg["estep_engine"] == "torch":
         return estep()
     if cfg["estep_engine"] != "vllm":
         raise ValueError(f"estep_engine must be torch or vllm, got {cfg['estep_engine']!r}")
     os.makedirs(d, exist_ok=True)
+    # the share of each GPU the server may take (--gpu-memory-utilization): the setting vllm_gpu_memory_utilization
+    # where the settings have it, else vllm_engine.GPU_MEMORY_UTILIZATION
+    memory = cfg.get("vllm_gpu_memory_utilization", vllm_engine.GPU_MEMORY_UTILIZATION)
     with vllm_engine.serving(ckpt, d, url=cfg["vllm_url"], port=cfg["vllm_port"],
-                             tensor_parallel=cfg["vllm_tensor_parallel"]) as url:
+                             tensor_parallel=cfg["vllm_tensor_parallel"], gpu_memory_utilization=memory) as url:
         return estep(engine="vllm", base_url=url)
 
 
@@ -413,7 +426,7 @@ class Run:
         return out
 
     def heldout(self, name):
-        """The held-out ELBO of the latent model trained in stage name (docs/method.md, Measure): the E-step's
+        """The held-out ELBO of the latent model trained in stage name (docs/method.md, Evaluation): the E-step's
         sampling and weighting run on validation chunks no training reads, K = HELDOUT_K samples each, and
         the ELBO per raw token at K = 1, 2, 4 from the same samples. Where few-shot accuracy jumps, this moves
         smoothly: how well the model explains unseen text through its thoughts."""
@@ -496,6 +509,48 @@ class Run:
                     doc for p in parts for doc in mathworld.inline_documents(*p[:2])])], self.budget, self.base, False,
                     exemplars=exemplars)
             self.stage("wrap_cot", wrap_cot)
+
+    def finetune_all(self):
+        """The fine-tuning evaluation of every model this run trained (the official run_finetune_eval.sh, its
+        README's recommended measure: few-shot scores are noisy): finetune_seeds fine-tunings of each from its
+        checkpoint on the same solved problems, written as its own training wrote them (latent: the derivation as a
+        prior-order thought; raw: as plain text), each evaluated greedily and zero-shot on the reported split."""
+        cfg, rd = self.cfg, self.cfg["run_dir"]
+        if not cfg["finetune_eval"]:
+            return
+        self.world_only("finetune_eval")
+        rows = os.path.join(rd, "finetune_data", "problems.jsonl")
+        if rank0() and not os.path.exists(rows):
+            os.makedirs(os.path.dirname(rows), exist_ok=True)
+            write_jsonl(rows, mathworld.finetune_problems(self.data, cfg["finetune_problems"], cfg["data_seed"]))
+        barrier()
+        names = (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"] + [f"worth_x{m}" for m in cfg["worth"]]
+                 + ["oracle", "m0"] + [f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)])
+        for name in names:
+            done = os.path.join(rd, name, "stage.json")
+            if os.path.exists(done):
+                with open(done) as f:
+                    latent = json.load(f).get("latent", not name.startswith(("raw", "wrap", "worth")))
+                self.stage(f"{name}/finetune", lambda d: self.finetune(d, os.path.join(rd, name, "ckpt.pt"), latent, rows))
+
+    def finetune(self, d, ckpt, latent, rows):
+        cfg = self.cfg
+        data = os.path.join(d, "solved.bin")
+        if rank0() and not os.path.exists(data):
+            build_solved_bin(self.tok, load_rows(rows), data, latent)
+        barrier()
+        accs = []
+        for s in range(cfg["finetune_seeds"]):
+            out = os.path.join(d, f"seed{s}")
+            summary = train(**{**self.train_kw, "out_dir": out, "train_bins": [data], "init_from": ckpt, "latent": latent,
+                               "max_tokens": int(cfg["finetune_epochs"] * n_tokens(data)), "seed": s,
+                               "learning_rate": cfg["finetune_lr"], "min_lr": cfg["finetune_lr"] / 10,
+                               "weight_decay": 0.0})
+            r = evaluate(summary["ckpt"], self.eval_data, out_dir=os.path.join(out, "eval"), exemplars=self.exemplars,
+                         n_shot=0, max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"],
+                         limit=cfg["eval_limit"] or None)
+            accs.append(r["accuracy"])
+        return {"mean": sum(accs) / len(accs), "min": min(accs), "max": max(accs), "seeds": accs, "latent": latent}
 
     def mstep_parts(self, thoughts, frozen_bin):
         """An M-step's corpus (and the oracle's): the bootstrap split with these thoughts, after the warm-start split
@@ -592,6 +647,7 @@ def main(argv):
         run.oracle()
     if cfg["em"]:
         run.em_iterations()
+    run.finetune_all()
     return write_results(cfg, log) if rank0() else None
 
 

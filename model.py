@@ -17,6 +17,14 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+# how generate(compile_step=True) compiles decode_step: CUDA graphs (mode "reduce-overhead"), one graph with no
+# breaks. A setting, so a test can compile the same step with a CPU backend (tests/test_model.py). Between calls
+# of other batch sizes and cache widths dynamo recompiles a bounded number of times, not once per shape: its
+# automatic dynamic shapes make the batch and width symbolic at the first recompile, and a batch of one row
+# gets its own graph (dynamo specialises sizes 0 and 1), so 3 compiles per model shape, far below its
+# recompile_limit (8), which under fullgraph=True would be an error (measured on the CPU: tests/test_model.py).
+DECODE_COMPILE = dict(mode="reduce-overhead", fullgraph=True)
+
 
 @dataclass
 class GPTConfig:
@@ -404,7 +412,7 @@ class GPT(nn.Module):
 
         step = self.decode_step
         if compile_step:
-            step = torch.compile(self.decode_step, mode="reduce-overhead", fullgraph=True)
+            step = torch.compile(self.decode_step, **DECODE_COMPILE)
         B = N * K
         rows = torch.arange(B, device=device)  # which output row each live batch row is
         out_tok = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)

@@ -10,19 +10,19 @@ browser, offline. em.py calls write_results at the end of every run; this module
 The page holds:
   - the results table (results.json; for a run still going, the stages finished so far)
   - accuracy per EM iteration with its 95% interval, beside the raw baselines and the oracle
-  - the E-step's ELBO, effective sample size and agreement with the gold thoughts per iteration
+  - per iteration: the E-step's agreement with the gold thoughts, the held-out ELBO at K = 1, 2, 4, the E-step's
+    ELBO and effective sample size
   - train and validation loss of every training run (<stage>/log.jsonl)
   - for a few bootstrap chunks, the prefix P, the chunk X, the K thoughts of every iteration with log q, log p,
     log w and their normalised weights, the resampled one marked, and the gold thought where the corpus has one
 
-Everything is inside the one file (CSS inline, plots as base64 PNG data URIs): it can be mailed or put on a
-course page. Plots need matplotlib (an optional extra); without it the page says so and keeps the rest.
+Everything is inside the one file (CSS inline, plots as inline SVG written here, hover a point for its value): it
+can be mailed or put on a course page, and needs nothing beyond requirements.txt. The PNG files (results.png,
+sweep.png) are the same figures drawn by matplotlib, an optional extra: without it they are left out.
 """
 import argparse
-import base64
 import glob
 import html
-import io
 import json
 import math
 import os
@@ -54,6 +54,8 @@ pre { background: #f7f7f7; padding: 0.5em; white-space: pre-wrap; margin: 0.3em 
 .bar { background: #eee; height: 0.7em; }
 .bar div { background: #37a; height: 100%; }
 .gold { font-family: monospace; background: #fff7d6; padding: 0.2em 0.4em; }
+svg.plot { max-width: 100%; height: auto; margin: 0.5em 0; }
+svg.plot text { font-size: 11px; fill: #222; }
 """
 
 
@@ -99,6 +101,12 @@ def collect(cfg):
         held = load(f"{name}/heldout")  # em.py: Run.heldout
         if title in rows and held:
             rows[title]["heldout_elbo"] = held["elbo_by_k"]
+    dirs = {**{title: name for title, name in TRAININGS}, **{worth_row(m): f"worth_x{m}" for m in cfg.get("worth", ())},
+            **{f"EM iteration {t}": f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)}}
+    for title in rows:
+        tuned = load(f"{dirs[title]}/finetune") if title in dirs else None  # em.py: Run.finetune_all
+        if tuned:
+            rows[title]["finetune"] = {k: tuned[k] for k in ("mean", "min", "max", "seeds")}
     return rows
 
 
@@ -163,7 +171,271 @@ def pick_chunks(run_dir, iters, where, n):
     return ids, {t: {i: found[(t, i)] for i in ids} for t in ts}
 
 
-# ----------------------------------------------------------------------------- plots (matplotlib optional)
+# ----------------------------------------------------------------------------- figures: inline SVG, matplotlib PNG
+#
+# Every plot is described once, as a figure (a plain dict), and drawn twice: as inline SVG on the page (plain
+# strings, no dependency: a plain install's page has its pictures) and by matplotlib into the PNG files beside it
+# (results.png, sweep.png: an optional extra, for a README or a docs page).
+#   figure: {"title", "xlabel", "ylabel", "xticks": [(x, label)] or None for round numbers, "ymin" (optional: a
+#            value the y axis must reach, 0 for a count), "series": [series]}
+#   series: {"label", "color", "dash" ("" solid, else an SVG dash array "6,4"), "width", "opacity", "marker" (the
+#            points' radius, 0 for none)} and either "y": a horizontal line across the plot, or "pts": [(x, y)] with
+#            optional "err": [(low, high) or None] (error bars) and "band": [(low, high)] (a shaded range)
+
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf"]  # matplotlib's C0..C9: the PNG files and the page draw a line in the same colour
+# what EM must beat (the raw rows and the paper's Section 3 rows) and what a perfect E-step would give (the oracle),
+# each with its own dash: one run gives each a colour too, several runs give each run its colour
+BASELINES = [("raw-token-match", "2,3"), ("raw-FLOP-match", "6,4"), ("raw-fresh", "1,2"),
+             ("rephrased (WRAP)", "8,3,2,3,2,3"), ("inline thoughts (WRAP-CoT)", "12,4"),
+             ("gold thoughts (oracle)", "6,3,2,3")]
+ACCURACY = "accuracy per EM iteration"
+
+
+def color(n):
+    return COLORS[n % len(COLORS)]
+
+
+def iteration(name):
+    """The EM iteration of a row: 0 for M_0, t for "EM iteration t", None for every other row."""
+    if name == "M0 (warm start)":
+        return 0
+    return int(name.split()[-1]) if name.startswith("EM iteration") else None
+
+
+def whole(ts):
+    """Ticks at whole iterations: a half iteration means nothing."""
+    return [(t, str(t)) for t in sorted(set(ts))]
+
+
+def accuracy_figure(runs):
+    """runs: [(label, rows)]: accuracy per EM iteration with its 95% interval, the baselines and the oracle as
+    horizontal lines."""
+    series, ts = [], []
+    for n, (label, rows) in enumerate(runs):
+        pts = by_iteration(rows)
+        ts += [t for t, _ in pts]
+        if pts:
+            series.append({"label": f"EM {label}".strip(), "color": color(n),
+                           "pts": [(t, r["accuracy"]) for t, r in pts], "err": [(r["ci_low"], r["ci_high"]) for _, r in pts]})
+        for b, (name, dash) in enumerate(BASELINES):
+            if name in rows:
+                series.append({"label": f"{name} {label}".strip(), "y": rows[name]["accuracy"], "dash": dash,
+                                "color": color(n if len(runs) > 1 else b + 1)})
+    return {"title": ACCURACY, "xlabel": "EM iteration (0 = warm start M_0)",
+            "ylabel": "accuracy on held-out problems", "xticks": whole(ts), "series": series}
+
+
+def estep_figures(rows):
+    """Per iteration: the thoughts with the gold result (the chosen one against one of K at random: what the
+    selection adds), the held-out ELBO at K = 1, 2, 4 (the oracle's as lines), the E-step's own ELBO estimate and
+    effective sample size. Only the figures a run has."""
+    pts = by_iteration(rows)
+    ticks = whole(t for t, _ in pts)
+    fig = lambda title, ylabel, series, **kw: {"title": title, "xlabel": "EM iteration", "ylabel": ylabel,
+                                               "xticks": ticks, "series": series, **kw}
+    e = [(t, r["estep"]) for t, r in pts if "estep" in r]
+    out = []
+    gold = [(t, x) for t, x in e if x.get("agree_chosen") is not None]
+    if gold:
+        out.append(fig("thoughts with the gold result", "share of chunks", [
+            {"label": "chosen thought", "color": color(0), "pts": [(t, x["agree_chosen"]) for t, x in gold]},
+            {"label": "one of K at random", "color": color(1), "pts": [(t, x["agree_random"]) for t, x in gold]}]))
+    held = [(t, r["heldout_elbo"]) for t, r in pts if r.get("heldout_elbo")]
+    oracle = (rows.get("gold thoughts (oracle)") or {}).get("heldout_elbo") or {}
+    ks = sorted({k for _, h in held for k in h} | set(oracle), key=int)
+    if held:
+        series = []
+        for n, k in enumerate(ks):
+            series.append({"label": f"K = {k}", "color": color(n), "pts": [(t, h[k]) for t, h in held if k in h]})
+            if k in oracle:
+                series.append({"label": f"oracle, K = {k}", "color": color(n), "y": oracle[k], "dash": "6,3,2,3"})
+        out.append(fig("held-out ELBO per raw token", "nats per raw token (higher is better)", series))
+    if e:
+        out.append(fig("E-step ELBO estimate", "nats per chunk",
+                       [{"label": "", "color": color(0), "pts": [(t, x["elbo"]) for t, x in e]}]))
+        out.append(fig("effective sample size", "ESS", [
+            {"label": "", "color": color(0), "pts": [(t, x["ess"]) for t, x in e]},
+            {"label": "K (all weights equal)", "color": "#7f7f7f", "y": e[0][1]["K"], "dash": "2,3"}], ymin=0))
+    return out
+
+
+def training_figures(logs):
+    """One figure per training run: train and validation loss against tokens trained."""
+    out = []
+    for title, path in logs:
+        train, evals = read_log(path)
+        series = [{"label": "train", "color": color(0), "width": 1, "marker": 0,
+                   "pts": [(x / 1e6, y) for x, y in train]}] if train else []
+        for n, split in enumerate(sorted({k for _, v in evals for k in v})):
+            series.append({"label": f"val {split}", "color": color(n + 1), "marker": 2,
+                           "pts": [(x / 1e6, v[split]) for x, v in evals if split in v]})
+        out.append({"title": title, "xlabel": "tokens trained (M)", "ylabel": "loss (nats / token)", "xticks": None,
+                    "series": series})
+    return out
+
+
+def spread_figure(runs, labels):
+    """Accuracy per EM iteration over several runs [(cfg, rows)]: every run thin, their mean bold over the band from
+    the lowest to the highest run; the baselines' and the oracle's means as horizontal lines."""
+    split = "eval" if all(c.get("eval_split", "eval") == "eval" for c, _ in runs) else "valid"
+    series, ts = [], []
+    for n, ((c, rows), label) in enumerate(zip(runs, labels)):
+        pts = sorted((iteration(k), f[split]) for k, f in run_figures(c, rows).items()
+                     if iteration(k) is not None and f[split] is not None)
+        series.append({"label": label, "color": color(n), "width": 0.8, "opacity": 0.5, "marker": 2, "pts": pts})
+        ts += [t for t, _ in pts]
+    s = dict(spread(runs))
+    its = sorted((iteration(k), v[split]) for k, v in s.items() if iteration(k) is not None and split in v)
+    if its:
+        series.append({"label": f"EM, mean (min-max) of {len(runs)}", "color": "#000000", "width": 2.5,
+                       "pts": [(t, m[0]) for t, m in its], "band": [(m[1], m[2]) for _, m in its]})
+    for name, dash in BASELINES:
+        if name in s and split in s[name]:
+            series.append({"label": f"{name}, mean", "color": "#7f7f7f", "y": s[name][split][0], "dash": dash})
+    return {"title": f"{ACCURACY}: mean and range of {len(runs)} runs", "xlabel": "EM iteration (0 = warm start M_0)",
+            "ylabel": f"accuracy on {split}", "xticks": whole(ts), "series": series}
+
+
+def by_setting_figure(runs, key):
+    """A sweep of one numeric setting (K = 1, 2, 4, 8): iteration 1's accuracy against it (on a log2 axis when every
+    value is positive), on every split that all runs report, with the 95% interval on the run's own split; M_0
+    (shared by --reuse_from) as a line."""
+    pts = sorted(((c[key], c, rows) for c, rows in runs if "EM iteration 1" in rows), key=lambda p: p[0])
+    log = all(v > 0 for v, _, _ in pts)
+    at = (lambda v: math.log2(v)) if log else (lambda v: v)
+    figs = [run_figures(c, rows) for _, c, rows in pts]
+    series = []
+    for n, split in enumerate(("eval", "valid")):
+        if not figs or any(f["EM iteration 1"][split] is None for f in figs):
+            continue
+        own = [(rows["EM iteration 1"]["ci_low"], rows["EM iteration 1"]["ci_high"])
+               if c.get("eval_split", "eval") == split else None for _, c, rows in pts]
+        series.append({"label": f"EM iteration 1, {split}", "color": color(n), "err": own,
+                       "pts": [(at(v), f["EM iteration 1"][split]) for (v, _, _), f in zip(pts, figs)]})
+        m0 = [f.get("M0 (warm start)", {}).get(split) for f in figs]
+        if all(v is not None for v in m0) and len(set(m0)) == 1:  # one shared M_0: its figure once
+            series.append({"label": f"M0, {split}", "color": color(n), "y": m0[0], "dash": "6,4", "opacity": 0.6})
+    return {"title": f"iteration 1 against {key}", "xlabel": key + (" (log scale)" if log else ""),
+            "ylabel": "accuracy on held-out problems", "xticks": [(at(v), str(v)) for v, _, _ in pts],
+            "series": series}
+
+
+# drawing a figure as inline SVG
+
+PLOT = (560, 240)   # the width and height (px) of a plot's axes: the accuracy plots
+PANEL = (300, 170)  # the small panels side by side (the E-step, the training runs)
+
+
+def y_values(s):
+    """Every y a series draws: the axis must hold them all, error bars and bands included."""
+    if "y" in s:
+        return [s["y"]]
+    spans = [e for e in s.get("err") or () if e] + list(s.get("band") or ())
+    return [y for _, y in s["pts"]] + [v for e in spans for v in e]
+
+
+def padded(lo, hi, frac):
+    """lo..hi widened by frac of its span on each side (a tenth of the value, or half a unit, when it has no span):
+    no point sits on the frame."""
+    pad = (hi - lo) * frac or abs(lo) / 10 or 0.5
+    return lo - pad, hi + pad
+
+
+def round_ticks(lo, hi, n=6):
+    """The multiples of a round step (1, 2 or 5 times a power of ten) between lo and hi, about n of them."""
+    mag = 10 ** math.floor(math.log10((hi - lo) / n))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= (hi - lo) / n)
+    return [round(i * step, 12) for i in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+
+
+def svg(fig, size=PLOT):
+    """fig as an inline <svg>: a frame with ticks and axis labels, the series, a legend below. Every point carries
+    its value as a tooltip (hover it); every text goes through esc()."""
+    series, (width, height) = fig["series"], size
+    ys = [y for s in series for y in y_values(s)]
+    if not ys:
+        return f"<p class='note'>{esc(fig['title'])}: nothing to plot yet.</p>"
+    ys += [fig["ymin"]] if "ymin" in fig else []
+    xs = [x for s in series for x, _ in s.get("pts", ())] + [x for x, _ in fig["xticks"] or ()]
+    (x0, x1), (y0, y1) = padded(min(xs, default=0), max(xs, default=1), 0.04), padded(min(ys), max(ys), 0.06)
+    xticks = fig["xticks"] or [(t, f"{t:g}") for t in round_ticks(x0, x1)]
+    left, top = 58, 24  # room for the y tick labels and the y label; for the title
+    X = lambda x: left + (x - x0) / (x1 - x0) * width
+    Y = lambda y: top + (y1 - y) / (y1 - y0) * height
+    named = [s for s in series if s.get("label")]
+    col = 36 + 6 * max((len(s["label"]) for s in named), default=0)  # about 6 px a character at 11 px
+    per_row = max(1, (left + width) // col)
+    full_w, full_h = left + width + 12, top + height + 44 + 16 * math.ceil(len(named) / per_row)
+    out = [f"<svg class='plot' width='{full_w}' height='{full_h}' viewBox='0 0 {full_w} {full_h}' role='img' "
+           f"aria-label='{esc(fig['title'])}'><title>{esc(fig['title'])}</title>",
+           f"<text x='{left + width / 2}' y='15' text-anchor='middle' font-weight='bold'>{esc(fig['title'])}</text>"]
+    for t in round_ticks(y0, y1):
+        out.append(f"<line x1='{left}' x2='{left + width}' y1='{Y(t):.1f}' y2='{Y(t):.1f}' stroke='#e5e5e5'/>"
+                   f"<text x='{left - 4}' y='{Y(t) + 4:.1f}' text-anchor='end'>{t:g}</text>")
+    for x, label in xticks:
+        out.append(f"<line x1='{X(x):.1f}' x2='{X(x):.1f}' y1='{top + height}' y2='{top + height + 4}' stroke='#444'/>"
+                   f"<text x='{X(x):.1f}' y='{top + height + 16}' text-anchor='middle'>{esc(label)}</text>")
+    out += [f"<rect x='{left}' y='{top}' width='{width}' height='{height}' fill='none' stroke='#888'/>",
+            f"<text x='{left + width / 2}' y='{top + height + 32}' text-anchor='middle'>{esc(fig['xlabel'])}</text>",
+            f"<text transform='translate(13 {top + height / 2}) rotate(-90)' text-anchor='middle'>"
+            f"{esc(fig['ylabel'])}</text>"]
+    names = dict(xticks)  # a point's tooltip names its x as its tick does (K = 4 on a log axis, not 2)
+    out += [svg_band(s, X, Y) for s in series if s.get("band")]
+    out += [svg_series(s, X, Y, (X(x0), X(x1)), names) for s in series]
+    for i, s in enumerate(named):
+        out.append(svg_key(s, 6 + col * (i % per_row), top + height + 50 + 16 * (i // per_row)))
+    return "\n".join(out + ["</svg>"])
+
+
+def stroke(s):
+    dash = f" stroke-dasharray='{s['dash']}'" if s.get("dash") else ""
+    return f"stroke='{s['color']}' stroke-width='{s.get('width', 1.5)}' opacity='{s.get('opacity', 1)}'{dash}"
+
+
+def svg_band(s, X, Y):
+    """The shaded range from each point's low to its high."""
+    edge = [(x, hi) for (x, _), (_, hi) in zip(s["pts"], s["band"])] + \
+           [(x, lo) for (x, _), (lo, _) in reversed(list(zip(s["pts"], s["band"])))]
+    return (f"<polygon fill='{s['color']}' fill-opacity='0.15' stroke='none' "
+            f"points='{' '.join(f'{X(x):.1f},{Y(y):.1f}' for x, y in edge)}'/>")
+
+
+def svg_series(s, X, Y, span, names):
+    """A series' line, its error bars and its points (each a <circle> with its value as a <title>)."""
+    label = esc(s.get("label") or "")
+    if "y" in s:
+        return (f"<line class='hline' x1='{span[0]:.1f}' x2='{span[1]:.1f}' y1='{Y(s['y']):.1f}' y2='{Y(s['y']):.1f}' "
+                f"{stroke(s)}><title>{label}: {s['y']:.4g}</title></line>")
+    out = [f"<polyline fill='none' {stroke(s)} points='{' '.join(f'{X(x):.1f},{Y(y):.1f}' for x, y in s['pts'])}'/>"]
+    err = s.get("err") or [None] * len(s["pts"])
+    for (x, y), e in zip(s["pts"], err):
+        if e:
+            lo, hi = Y(e[0]), Y(e[1])
+            out.append(f"<path class='err' d='M{X(x):.1f},{lo:.1f}V{hi:.1f}M{X(x) - 3:.1f},{lo:.1f}h6M{X(x) - 3:.1f},"
+                       f"{hi:.1f}h6' stroke='{s['color']}' fill='none'/>")
+        if s.get("marker", 3):
+            value = f"{y:.4g}" + (f" ({e[0]:.4g}-{e[1]:.4g})" if e else "")
+            out.append(f"<circle cx='{X(x):.1f}' cy='{Y(y):.1f}' r='{s.get('marker', 3)}' fill='{s['color']}' "
+                       f"opacity='{s.get('opacity', 1)}'><title>{label} at {esc(names.get(x, f'{x:g}'))}: {value}"
+                       f"</title></circle>")
+    return "\n".join(out)
+
+
+def svg_key(s, x, y):
+    """One legend entry: a stretch of the series' line (and its point) and its label."""
+    dot = "y" not in s and s.get("marker", 3)
+    mark = f"<circle cx='{x + 12}' cy='{y - 4}' r='3' fill='{s['color']}'/>" if dot else ""
+    return (f"<line x1='{x}' x2='{x + 24}' y1='{y - 4}' y2='{y - 4}' {stroke(s)}/>{mark}"
+            f"<text x='{x + 30}' y='{y}'>{esc(s['label'])}</text>")
+
+
+def panels(figs, none):
+    """Small figures side by side; the sentence none when there are none."""
+    return "<div class='row'>" + "\n".join(svg(f, PANEL) for f in figs) + "</div>" if figs else f"<p>{esc(none)}</p>"
+
+
+# drawing a figure by matplotlib (an optional extra) into a PNG file
 
 def pyplot():
     try:
@@ -175,87 +447,40 @@ def pyplot():
         return None
 
 
-def img(plt, fig, alt):
-    """A figure as an <img> with a base64 PNG data URI: the page needs no other file."""
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def plot_accuracy(plt, runs):
-    """The figure of runs: [(label, rows)]: accuracy per EM iteration with its 95% interval; the baselines and the
-    oracle as horizontal lines (what EM must beat, and what a perfect E-step would give)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for n, (label, rows) in enumerate(runs):
-        color = f"C{n}"
-        pts = by_iteration(rows)
-        if pts:
-            ax.errorbar([t for t, _ in pts], [r["accuracy"] for _, r in pts], marker="o", capsize=3, color=color,
-                        label=f"EM {label}".strip(),
-                        yerr=[[r["accuracy"] - r["ci_low"] for _, r in pts], [r["ci_high"] - r["accuracy"] for _, r in pts]])
-        for name, ls in (("raw-token-match", ":"), ("raw-FLOP-match", "--"), ("gold thoughts (oracle)", "-.")):
-            if name in rows:
-                ax.axhline(rows[name]["accuracy"], ls=ls, color=color if len(runs) > 1 else "gray", alpha=0.8,
-                           label=f"{name} {label}".strip())
-    ax.set_xlabel("EM iteration (0 = warm start M_0)")
-    ax.set_ylabel("accuracy on held-out problems")
+def save_png(plt, fig, path):
+    """fig drawn by matplotlib as a png file beside the page, for a README or a docs page."""
+    f, ax = plt.subplots(figsize=(6, 4))
+    for s in fig["series"]:
+        kw = {"color": s["color"], "lw": s.get("width", 1.5), "alpha": s.get("opacity", 1),
+              "label": s.get("label") or None, "ls": (0, tuple(float(d) for d in s["dash"].split(","))) if s.get("dash") else "-"}
+        if "y" in s:
+            ax.axhline(s["y"], **kw)
+            continue
+        xs, ys = [x for x, _ in s["pts"]], [y for _, y in s["pts"]]
+        if s.get("band"):
+            ax.fill_between(xs, [lo for lo, _ in s["band"]], [hi for _, hi in s["band"]], color=s["color"], alpha=0.15,
+                            lw=0)
+        r = s.get("marker", 3)
+        marker = {"marker": "o", "markersize": 2 * r} if r else {}
+        if s.get("err"):
+            err = [e or (y, y) for y, e in zip(ys, s["err"])]  # a point without an interval: no bar
+            ax.errorbar(xs, ys, yerr=[[max(0, y - lo) for y, (lo, _) in zip(ys, err)],
+                                      [max(0, hi - y) for y, (_, hi) in zip(ys, err)]], capsize=3, **marker, **kw)
+        else:
+            ax.plot(xs, ys, **marker, **kw)
+    if fig["xticks"]:
+        ax.set_xticks([x for x, _ in fig["xticks"]], [label for _, label in fig["xticks"]])
+    if "ymin" in fig:
+        ax.set_ylim(bottom=fig["ymin"])
+    ax.set_title(fig["title"], fontsize=10)
+    ax.set_xlabel(fig["xlabel"])
+    ax.set_ylabel(fig["ylabel"])
     if ax.get_legend_handles_labels()[0]:  # a run with no finished row yet has nothing to label
         ax.legend(fontsize=7)
-    return fig
-
-
-ACCURACY = "accuracy per EM iteration"
-
-
-def plot_estep(plt, rows):
-    """ELBO, effective sample size and gold agreement of every E-step."""
-    pts = [(t, r["estep"]) for t, r in by_iteration(rows) if "estep" in r]
-    if not pts:
-        return ""
-    ts = [t for t, _ in pts]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-    axes[0].plot(ts, [e["elbo"] for _, e in pts], marker="o")
-    axes[0].set_title("ELBO estimate (nats per chunk)", fontsize=9)
-    axes[1].plot(ts, [e["ess"] for _, e in pts], marker="o")
-    axes[1].axhline(pts[0][1]["K"], ls=":", color="gray", label="K (all weights equal)")
-    axes[1].set_ylim(bottom=0)
-    axes[1].set_title("effective sample size", fontsize=9)
-    axes[1].legend(fontsize=7)
-    if any(e.get("agree_chosen") is not None for _, e in pts):
-        g = [(t, e) for t, e in pts if e.get("agree_chosen") is not None]
-        axes[2].plot([t for t, _ in g], [e["agree_chosen"] for _, e in g], marker="o", label="chosen thought")
-        axes[2].plot([t for t, _ in g], [e["agree_random"] for _, e in g], marker="o", label="one of K at random")
-        axes[2].legend(fontsize=7)
-    axes[2].set_title("thoughts with the gold result", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("EM iteration")
-        ax.set_xticks(ts)
-    return img(plt, fig, "E-step ELBO, effective sample size and gold agreement per iteration")
-
-
-def plot_training(plt, logs):
-    """One panel per training run: train loss and validation loss against tokens trained."""
-    if not logs:
-        return ""
-    cols = min(3, len(logs))
-    nrows = (len(logs) + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 2.8 * nrows), squeeze=False)
-    for ax, (title, path) in zip(axes.flat, logs):
-        train, evals = read_log(path)
-        if train:
-            ax.plot([x / 1e6 for x, _ in train], [y for _, y in train], lw=1, label="train")
-        for split in sorted({k for _, v in evals for k in v}):
-            pts = [(x, v[split]) for x, v in evals if split in v]
-            ax.plot([x / 1e6 for x, _ in pts], [y for _, y in pts], marker=".", label=f"val {split}")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("tokens trained (M)", fontsize=8)
-        ax.set_ylabel("loss (nats / token)", fontsize=8)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(logs):]:
-        ax.axis("off")
-    return img(plt, fig, "train and validation loss of every training run")
+    f.tight_layout()
+    with atomic_open(path, "wb") as out:
+        f.savefig(out, format="png", dpi=120)
+    plt.close(f)
 
 
 # ----------------------------------------------------------------------------- html
@@ -281,7 +506,8 @@ def table(rows, split="eval"):
     how much of the previous E-step's choice the M-step kept: M_{t-1}'s random-of-K gold agreement at iteration t
     minus iteration t-1's chosen agreement (0 or more: the M-step learnt what the E-step chose)."""
     head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug",
-            "held-out ELBO K=1 / 2 / 4 (raw rows: log-likelihood)", "E-step ELBO", "ESS",
+            "held-out ELBO K=1 / 2 / 4 (raw rows: log-likelihood)", "fine-tuned, zero-shot: mean (min-max)",
+            "E-step ELBO", "ESS",
             "gold result: chosen / random", "sound: chosen / random", "complete: chosen / random", "transfer",
             "tokens trained", "training time", "E-step time"]
     out, chosen_before = [], None
@@ -294,6 +520,7 @@ def table(rows, split="eval"):
         out.append([name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})",
                     num((r.get("valid") or {}).get("accuracy"), ".3f"),
                     f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", heldout_cell(name, r),
+                    (lambda f: f"{f['mean']:.3f} ({f['min']:.3f}-{f['max']:.3f})" if f else "")(r.get("finetune")),
                     num(e.get("elbo"), ".2f"),
                     num(e.get("ess"), ".2f"), pair("agree_chosen", "agree_random"),
                     pair("sound_chosen", "sound_random"), pair("complete_chosen", "complete_random"), transfer, f"{r['tokens'] / 1e6:.2f}M",
@@ -465,13 +692,9 @@ def page(title, body):
             f"<style>{CSS}</style></head><body>\n<h1>{esc(title)}</h1>\n{body}\n</body></html>\n")
 
 
-NO_PLOTS = "<p class='note'>Plots are left out: matplotlib is not installed (<code>pip install matplotlib</code> draws them).</p>"
-
-
 def write_report(run_dir, out=None, n_chunks=N_CHUNKS):
     """run_dir/report.html (or out): the whole run on one self-contained page. Returns its path."""
     cfg, rows, note = read_results(run_dir)
-    plt = pyplot()
     body = [settings_line(cfg)] + ([f"<p class='note'>{esc(note)}</p>"] if note else [])
     body += ["<h2>Results</h2>", results_table(rows, cfg.get("eval_split", "eval"))]
     by_steps = steps_table(rows)
@@ -479,12 +702,9 @@ def write_report(run_dir, out=None, n_chunks=N_CHUNKS):
         body += ["<h2>By the problem's number of steps</h2>", "<p class='note'>Accuracy; for EM iterations also the "
                  "E-step's gold-result agreement, chosen / random of K, and in brackets the transfer on that rung.</p>",
                  html_table(*by_steps)]
-    if plt is None:
-        body.append(NO_PLOTS)
-    else:
-        body += ["<h2>Accuracy per EM iteration</h2>", img(plt, plot_accuracy(plt, [("", rows)]), ACCURACY),
-                 "<h2>The E-step per iteration</h2>", plot_estep(plt, rows),
-                 "<h2>Training curves</h2>", plot_training(plt, trainings(run_dir, cfg))]
+    body += ["<h2>Accuracy per EM iteration</h2>", svg(accuracy_figure([("", rows)])),
+             "<h2>The E-step per iteration</h2>", panels(estep_figures(rows), "No E-step or held-out ELBO yet."),
+             "<h2>Training curves</h2>", panels(training_figures(trainings(run_dir, cfg)), "No training log yet.")]
     body += ["<h2>Thoughts the E-step sampled</h2>", thoughts_section(run_dir, cfg, n_chunks)]
     out = out or os.path.join(run_dir, "report.html")
     with atomic_open(out) as f:  # a reader never opens a half-written page
@@ -503,11 +723,7 @@ def write_results(cfg, log=print):
     print(markdown, flush=True)
     plt = pyplot()
     if plt is not None and "M0 (warm start)" in rows:
-        fig = plot_accuracy(plt, [("", rows)])
-        fig.tight_layout()
-        with atomic_open(os.path.join(rd, "results.png"), "wb") as f:
-            fig.savefig(f, format="png", dpi=120)
-        plt.close(fig)
+        save_png(plt, accuracy_figure([("", rows)]), os.path.join(rd, "results.png"))
     try:  # the html page is for people; a failure to draw it must never fail the run
         log(f"wrote {write_report(rd)}")
     except Exception as e:
@@ -572,66 +788,6 @@ def spread_markdown(runs, labels):
     return "\n".join([f"{len(runs)} runs: " + ", ".join(labels), ""] + markdown_table(head, cells))
 
 
-def plot_spread(plt, runs, labels):
-    """Accuracy per EM iteration: every run thin, their mean bold with the min-max range; the baselines' and the
-    oracle's means as horizontal lines."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    split = "eval" if all(c.get("eval_split", "eval") == "eval" for c, _ in runs) else "valid"
-    figs = [run_figures(c, rows) for c, rows in runs]
-    for n, (f, label) in enumerate(zip(figs, labels)):
-        pts = [(0 if k.startswith("M0") else int(k.split()[-1]), v[split]) for k, v in f.items()
-               if (k.startswith("M0") or k.startswith("EM iteration")) and v[split] is not None]
-        ax.plot([t for t, _ in pts], [a for _, a in pts], marker=".", lw=0.8, alpha=0.5, color=f"C{n}", label=label)
-    s = dict(spread(runs))
-    its = sorted((0 if k.startswith("M0") else int(k.split()[-1]), k) for k in s
-                 if (k.startswith("M0") or k.startswith("EM iteration")) and split in s[k])
-    if its:
-        m = [s[k][split] for _, k in its]
-        ax.errorbar([t for t, _ in its], [x[0] for x in m], yerr=[[x[0] - x[1] for x in m], [x[2] - x[0] for x in m]],
-                    marker="o", lw=2, capsize=4, color="k", label=f"EM, mean (min-max) of {len(runs)}")
-        ax.set_xticks([t for t, _ in its])  # iterations are whole numbers
-    for name, ls in (("raw-token-match", ":"), ("raw-FLOP-match", "--"), ("gold thoughts (oracle)", "-.")):
-        if name in s and split in s[name]:
-            ax.axhline(s[name][split][0], ls=ls, color="gray", label=f"{name}, mean")
-    ax.set_xlabel("EM iteration (0 = warm start M_0)")
-    ax.set_ylabel(f"accuracy on {split}")
-    ax.legend(fontsize=7)
-    return fig
-
-
-def plot_by_setting(plt, runs, key):
-    """A sweep of one numeric setting (K = 1, 2, 4, 8): iteration 1's accuracy against it, on every split that
-    all runs report, with the 95% interval on the run's own split; M_0 (shared by --reuse_from) as a line."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    pts = sorted((c[key], c, rows) for c, rows in runs if "EM iteration 1" in rows)
-    xs, figs = [x for x, _, _ in pts], [run_figures(c, rows) for _, c, rows in pts]
-    for n, split in enumerate(("eval", "valid")):
-        if not figs or any(f["EM iteration 1"][split] is None for f in figs):
-            continue
-        ys = [f["EM iteration 1"][split] for f in figs]
-        own = [rows["EM iteration 1"] if c.get("eval_split", "eval") == split else None for _, c, rows in pts]
-        yerr = [[y - r["ci_low"] if r else 0 for y, r in zip(ys, own)], [r["ci_high"] - y if r else 0 for y, r in zip(ys, own)]]
-        ax.errorbar(xs, ys, yerr=yerr if any(own) else None, marker="o", capsize=3, color=f"C{n}", label=f"EM iteration 1, {split}")
-        m0 = [f.get("M0 (warm start)", {}).get(split) for f in figs]
-        if m0 and all(v is not None for v in m0) and len(set(m0)) == 1:  # one shared M_0: its figure once
-            ax.axhline(m0[0], ls="--", color=f"C{n}", alpha=0.6, label=f"M0, {split}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(xs, [str(x) for x in xs])
-    ax.set_xlabel(key)
-    ax.set_ylabel("accuracy on held-out problems")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    return fig
-
-
-def save_png(plt, fig, path):
-    """A figure as a png file beside the page, for a README or a docs page."""
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
-
-
 def write_sweep(run_dirs, out):
     """Several runs (a K or seed sweep) on one page: one accuracy plot, their tables side by side."""
     runs = [(d, *read_results(d)) for d in run_dirs]
@@ -639,15 +795,15 @@ def write_sweep(run_dirs, out):
     keys = [k for k in ("K", "selection", "seed", "n_prefix", "max_thought_tokens", "continue_from_previous")
             if len({json.dumps(c.get(k)) for _, c, _, _ in runs}) > 1]
     label = lambda d, c: ", ".join(f"{k}={c.get(k)}" for k in keys) or os.path.basename(os.path.abspath(d))
-    plt = pyplot()
-    body = ["<h2>Accuracy per EM iteration</h2>",
-            img(plt, plot_accuracy(plt, [(label(d, c), rows) for d, c, rows, _ in runs]), ACCURACY) if plt else NO_PLOTS]
+    plt = pyplot()  # the png files beside the page, when matplotlib is installed
+    body = ["<h2>Accuracy per EM iteration</h2>", svg(accuracy_figure([(label(d, c), rows) for d, c, rows, _ in runs]))]
     stem = os.path.splitext(out)[0]
     swept = keys[0] if len(keys) == 1 and all(isinstance(c.get(keys[0]), (int, float)) for _, c, _, _ in runs) else None
-    if plt and swept:  # a sweep of one setting (K): its own plot, on the page and as <out>_by_K.png
-        by = lambda: plot_by_setting(plt, [(c, rows) for _, c, rows, _ in runs], swept)
-        body += [f"<h2>Iteration 1 against {swept}</h2>", img(plt, by(), f"accuracy against {swept}")]
-        save_png(plt, by(), f"{stem}_by_{swept}.png")
+    if swept:  # a sweep of one setting (K): its own plot, on the page and as <out>_by_K.png
+        by = by_setting_figure([(c, rows) for _, c, rows, _ in runs], swept)
+        body += [f"<h2>Iteration 1 against {swept}</h2>", svg(by)]
+        if plt:
+            save_png(plt, by, f"{stem}_by_{swept}.png")
     body.append("<h2>Results</h2><div class='row'>")
     for d, c, rows, note in runs:
         body.append(f"<div><h3>{esc(label(d, c))}</h3><p>{esc(d)}</p>{settings_line(c)}"
@@ -658,9 +814,10 @@ def write_sweep(run_dirs, out):
     pairs = [(c, rows) for _, c, rows, _ in runs]
     markdown = spread_markdown(pairs, labels)
     body += ["<h2>Mean and spread over the runs</h2>", markdown_table_html(markdown)]
+    spread_fig = spread_figure(pairs, labels)
+    body.append(svg(spread_fig))
     if plt:
-        body.append(img(plt, plot_spread(plt, pairs, labels), "accuracy per EM iteration, mean and range of the runs"))
-        save_png(plt, plot_spread(plt, pairs, labels), stem + ".png")
+        save_png(plt, spread_fig, stem + ".png")
     with atomic_open(stem + ".md") as f:  # the same table, for a README or a docs page
         f.write(markdown + "\n")
     with atomic_open(out) as f:

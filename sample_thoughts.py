@@ -53,7 +53,7 @@ chunks = ""               # chunk file (data/files.py format)
 out_dir = "out/estep"
 K = 4                     # thoughts sampled per chunk (docs/method.md, E-step 1: 4)
 temperature = 1.0         # the proposal's temperature (the paper: 1). log q is taken under the tempered proposal,
-                          # so the weights p/q stay exact importance weights for any value (docs/bootstrapping.md)
+                          # so the weights p/q stay exact importance weights for any value (docs/notebook.md)
 max_thought_tokens = 160  # paper: 1024
 selection = "importance"  # importance | uniform | argmax
 n_prefix = 3              # prefix chunks (docs/method.md, The official code's settings: 3 when bootstrapping)

@@ -29,22 +29,25 @@ explains. What is not exact: the server computes in its own dtype (bf16 on a GPU
 the torch engine's by the rounding of that dtype, and its samples come from its own RNG: seeded per request
 (seed from (seed, shard, batch, chunk)), reproducible on the same server and batch, not the torch engine's.
 """
+import gc
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import load_checkpoint
+from common import barrier, from_rank0, load_checkpoint, rank0
 from hf import export_hf
 
 RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # the server is busy, restarting or failed: the same request may pass
@@ -214,38 +217,138 @@ def check(server, model, tok, block_size, tol=0.1):
                           "banned tokens removed): start it with --logprobs-mode processed_logprobs")
 
 
+# vLLM takes this fraction of each GPU's memory (weights, activations, KV cache): --gpu-memory-utilization, whose
+# default of 0.9 a server started here may not get. vLLM refuses to start unless that much is free when it starts
+# ("Free memory on device ... is less than desired GPU memory utilization"), and on the GPUs the server shares with
+# em.py each rank keeps its CUDA context (about half a GiB) and whatever em.py still references there. 0.8 leaves a
+# fifth of each GPU to them (16 GB of an 80 GB GPU). em.py: vllm_gpu_memory_utilization.
+GPU_MEMORY_UTILIZATION = 0.8
+# How long a stopped server's processes get to exit after SIGTERM before SIGKILL: under torchrun less than the
+# 30 s its agent gives a worker between SIGTERM and SIGKILL (torch.distributed.elastic's close timeout), so a
+# rank 0 stopped by torchrun still stops its server.
+STOP_TIMEOUT = 20.0
+
+
+def release_gpu_memory():
+    """Hand this process's unused GPU memory back to the driver, for a server in another process: the trainer's
+    blocks sit in torch's caching allocator after their tensors die, free to torch but not to vLLM."""
+    gc.collect()  # tensors kept only by reference cycles (a model, an optimizer's state) die here
+    if torch.cuda.is_initialized():  # not is_available(): no CUDA context made only to be emptied
+        torch.cuda.empty_cache()
+
+
+def stop_group(proc, timeout=STOP_TIMEOUT):
+    """Stop the server started as proc in its own session, and every process it started: vLLM's API server spawns
+    engine-core and worker processes, which a signal to the API server alone leaves running, on the GPUs.
+    SIGTERM to the group (vLLM shuts down its workers on it), SIGKILL to whatever is left after timeout seconds."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:  # the group is gone already
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        # the API server exits after its workers (it joins them on shutdown): those left now are stuck or orphaned
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 @contextmanager
-def serving(ckpt, out_dir, url="", port=8000, tensor_parallel=1, start_timeout=1800.0):
-    """em.py's E-step server: yields the base URL of a vLLM server for ckpt. url given: that server (run by the
-    user). Otherwise ckpt is exported to out_dir/hf and `vllm serve` started on it (flags as in vLLM's
-    `vllm serve --help`), waited for until healthy, and stopped on the way out, also on an error."""
-    if url:
-        yield url
+def sigterm_raises():
+    """SIGTERM to this process raises SystemExit while inside, so `finally` blocks run (the default ends Python at
+    once). The server started here is in its own session, out of reach of a signal to ours (torchrun stops its
+    workers with os.killpg(SIGTERM)): this stops it on the way out. Only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one would cut the clean-up short
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def start_server(ckpt, out_dir, port, tensor_parallel, gpu_memory_utilization, start_timeout):
+    """Export ckpt to out_dir/hf and start `vllm serve` on it (flags as in vLLM's `vllm serve --help`), in its own
+    session; returns the process once the server is healthy, or stops it and raises ServerError."""
     hf = os.path.join(out_dir, "hf")
     model, checkpoint = load_checkpoint(ckpt)
     export_hf(model, checkpoint["tokenizer"], hf)
+    # `vllm` as found on PATH, not this interpreter's `python -m vllm`: vLLM pins its own torch, so it often lives
+    # in an environment of its own
     cmd = ["vllm", "serve", hf, "--port", str(port), "--max-model-len", str(model.config.block_size),
            "--tensor-parallel-size", str(tensor_parallel), "--logprobs-mode", "processed_logprobs",
-           "--dtype", "bfloat16", "--generation-config", "vllm"]  # vllm: no sampling defaults from the export
+           "--dtype", "bfloat16", "--generation-config", "vllm",  # vllm: no sampling defaults from the export
+           "--gpu-memory-utilization", str(gpu_memory_utilization)]
     del model
     base = f"http://127.0.0.1:{port}/v1"
     log_path = os.path.join(out_dir, "vllm.log")
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            t0 = time.time()
-            while not healthy(base):
-                if proc.poll() is not None:
-                    raise ServerError(f"vllm serve exited with {proc.returncode} before it was healthy; see {log_path}")
-                if time.time() - t0 > start_timeout:
-                    raise ServerError(f"vllm serve not healthy after {start_timeout:.0f}s; see {log_path}")
-                time.sleep(1.0)
-            yield base
-        finally:
-            proc.terminate()  # SIGTERM: vLLM shuts its workers down
+        # its own session (process group): stop_group reaches the processes it spawns, and none of ours
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        t0 = time.time()
+        while not healthy(base):
+            if proc.poll() is not None:
+                raise ServerError(f"vllm serve exited with {proc.returncode} before it was healthy; see {log_path}")
+            if time.time() - t0 > start_timeout:
+                raise ServerError(f"vllm serve not healthy after {start_timeout:.0f}s; see {log_path}")
+            time.sleep(1.0)
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc
+
+
+@contextmanager
+def serving(ckpt, out_dir, url="", port=8000, tensor_parallel=1, gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
+            start_timeout=1800.0):
+    """em.py's E-step server: yields the base URL of a vLLM server for ckpt. url given: that server (run by the
+    user). Otherwise rank 0 exports ckpt to out_dir/hf, starts `vllm serve` on it with its tensor-parallel workers
+    on the node's GPUs, and stops it on the way out, also on an error; under torchrun the other ranks wait for it
+    and send their requests to it (one server, one port), and it is stopped once every rank is done."""
+    if url:
+        yield url
+        return
+    # every rank, and then the server starts: its tensor_parallel workers take the node's first GPUs, whichever
+    # ranks compute on them
+    release_gpu_memory()
+    barrier()
+    proc, failure = None, None
+    with sigterm_raises() if rank0() else nullcontext():
+        if rank0():
             try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                proc = start_server(ckpt, out_dir, port, tensor_parallel, gpu_memory_utilization, start_timeout)
+            except Exception as e:
+                failure = e
+        # the others wait here until the server is healthy, or has failed to start
+        error = f"{type(failure).__name__}: {failure}" if failure is not None else None
+        shared = from_rank0({"host": socket.gethostname(), "error": error})
+        if failure is not None:
+            raise failure
+        if shared["error"]:
+            raise ServerError(f"rank 0 could not start the vLLM server: {shared['error']}")
+        # vLLM serves on every interface (no --host): ranks on rank 0's node reach it on the loopback
+        host = "127.0.0.1" if shared["host"] == socket.gethostname() else shared["host"]
+        done = False
+        try:
+            yield f"http://{host}:{port}/v1"
+            done = True
+        finally:
+            # every rank meets once more, after its E-step or its error (a rank that dies instead ends the job:
+            # torchrun stops every rank); on an error rank 0 stops the server first, so that the other ranks'
+            # requests fail (after their retries, minutes) rather than wait for their whole share of the work
+            if rank0() and not done:
+                stop_group(proc)
+            barrier()
+            if rank0() and done:
+                stop_group(proc)

@@ -18,3 +18,5 @@ eval_limit = 40
 eval_max_new_tokens = 48
 eval_batch = 40
 heldout_docs = 10
+finetune_problems = 200
+finetune_seeds = 2

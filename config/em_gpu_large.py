@@ -1,7 +1,7 @@
 # A larger world for a GPU (python em.py config/em_gpu_large.py): all five problem families, problems of up to four
 # steps, four times the documents, a 6x384 model, K = 8. Sized for about 15 minutes on one H100. NOT MEASURED
 # anywhere, and it keeps the budgets of a previous CPU default (no ladder, 3.5 passes per M-step), a kind of world
-# docs/bootstrapping.md shows does not climb: a starting point for exploring, not a result. On a GPU,
+# docs/notebook.md shows does not climb: a starting point for exploring, not a result. On a GPU,
 # python em.py --iters 3 runs config/em_gpu.py instead: the measured default world.
 n_docs = 8000
 families = ("chain", "total", "linear", "word", "poly")

@@ -1,4 +1,4 @@
-# An ablation of docs/bootstrapping.md ("Chains of 2-6 steps and a reliable M_0"): serial chains of 2-6 steps, the
+# An ablation of docs/notebook.md ("Chains of 2-6 steps and a reliable M_0"): serial chains of 2-6 steps, the
 # same ladder (the teacher writes mostly up to 4 steps), and M_0 at 24 passes over the warm-start split, where its
 # training is no longer a lottery. Its seed runs, then its baselines and oracle in a second pass:
 #     python em.py config/em_six_steps.py --run_dir=runs/six_s1 --seed=1 --data_seed=1 --threads=1 --baselines=False --oracle=False

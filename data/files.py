@@ -41,7 +41,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from data.latent import augmented_document, augmented_ids, coin_flips, raw_document
+from data.latent import augmented_document, augmented_ids, coin_flips, latent_exemplar, raw_document, raw_exemplar
 
 
 def bin_dtype(vocab_size):
@@ -349,6 +349,21 @@ def build_passes_bin(tok, parts, out_path, seed, min_tokens, coin="per_pass", ra
         raise
     return w.close(kind="passes", parts=[[os.path.abspath(c), t and os.path.abspath(t)] for c, t in parts],
                    seed=seed, passes=p, coin=coin, raw_mix=raw_mix)
+
+
+def build_solved_bin(tok, rows, out_path, latent):
+    """Solved problems, one document each, as a fine-tuning reads them: in the spelling of the evaluation's exemplars
+    for this model, the thought in the prior order (latent) or the raw solution as plain text (raw). rows: dicts
+    with problem, thought, gold and raw_solution (eval_math.load_rows)."""
+    w = BinWriter(out_path, tok)
+    try:
+        for r in rows:
+            w.write((latent_exemplar(tok, r["problem"], r["thought"], r["gold"]) if latent
+                     else raw_exemplar(tok, r["problem"], r["raw_solution"])) + [tok.eot])
+    except BaseException:
+        w.abort()
+        raise
+    return w.close(kind="solved", latent=latent, problems=len(rows))
 
 
 def build_raw_bin(tok, chunks_path, out_path):

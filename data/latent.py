@@ -151,11 +151,15 @@ def latent_eval_prompt(tok, exemplars, problem):
     return ids + tok.encode(f"Problem:\n{problem}\n") + open_prior(tok)
 
 
+def raw_exemplar(tok, problem, solution):
+    """A solved problem in the raw spelling; solution is whatever follows the problem in the raw data ("Final
+    Answer: 42" in the embedded corpus, "Solution: ... \\boxed{42}" for MATH)."""
+    return tok.encode(f"Problem:\n{problem}\n{solution}\n\n")
+
+
 def raw_eval_prompt(tok, exemplars, problem):
-    """exemplars: list of (problem, solution); solution is whatever follows the problem in the raw data
-    ("Final Answer: 42" in the embedded corpus, "Solution: ... \\boxed{42}" for MATH)."""
-    text = "".join(f"Problem:\n{p}\n{s}\n\n" for p, s in exemplars)
-    return [tok.eot] + tok.encode(text + f"Problem:\n{problem}\n")
+    """exemplars: list of (problem, solution), each as raw_exemplar spells it."""
+    return [tok.eot] + tok.encode("".join(f"Problem:\n{p}\n{s}\n\n" for p, s in exemplars) + f"Problem:\n{problem}\n")
 
 
 def show(tok, ids):

@@ -49,7 +49,7 @@ WORLD = dict(
     n_docs=2000,                          # warm start + bootstrap documents
     problems_per_doc=(3, 5),              # problems per document (min, max)
     families=("chain",),                  # problem families (FAMILIES); serial chains need thoughts, raw text
-                                          # learns parallel sums without them (docs/bootstrapping.md)
+                                          # learns parallel sums without them (docs/notebook.md)
     max_level=4,                          # problems have 2 to max_level + 1 steps
     warm_max_level=3,                     # > 0: the warm-start split's problems have at most warm_max_level + 1 steps
                                           # (a difficulty ladder: the teacher writes mostly short derivations)
@@ -59,7 +59,7 @@ WORLD = dict(
     warm_fraction=0.2,                    # the share of documents with teacher thoughts
     teacher_error_rate=0.0,               # the fraction of teacher thoughts with a wrong step
     thought_style="terse",                # terse: "7+5=12; ..." | restate: "add 5: 7+5=12; ..." (chain only; each
-                                          # step first copies the problem's words for it: docs/bootstrapping.md)
+                                          # step first copies the problem's words for it: docs/notebook.md)
 )
 KNOBS = ("problems_per_doc", "families", "max_level", "warm_max_level", "warm_long_share", "n_eval",
          "teacher_error_rate", "thought_style")  # generate's
@@ -165,7 +165,7 @@ def derivation(steps, answer, rng=None, error_rate=0.0, words=None):
 def chain_words(steps):
     """The words of a chain problem for each of its steps, as the problem states them ('add 5', 'double', ...,
     'then subtract 3'): a restate-style thought copies them, so that finding the next operation is a copy of the
-    words after the last one copied, not a count of the operations done so far (docs/bootstrapping.md)."""
+    words after the last one copied, not a count of the operations done so far (docs/notebook.md)."""
     word = lambda op, b: {"+": f"add {b}", "-": f"subtract {b}"}.get(op) or {2: "double", 3: "triple"}[b]
     words = [word(op, b) for _, op, b, _ in steps]
     return words[:-1] + [f"then {words[-1]}"]
@@ -409,6 +409,24 @@ def inline_documents(chunks_path, thoughts_path, skip_first=True):
     thoughts = read_thoughts(thoughts_path)
     return [(doc[0]["doc"], [c["text"] if (skip_first and i == 0) else f"Solution: {thoughts[c['id']]}\n{c['text']}"
                              for i, c in enumerate(doc)]) for doc in read_chunks(chunks_path)]
+
+
+def finetune_problems(data_dir, n, seed=0):
+    """n solved problems of the world for the fine-tuning evaluation (the official run_finetune_eval.sh fine-tunes
+    on the task's train split): the bootstrap split's kind, none of them held out, each with its gold derivation as
+    thought and inline raw solution; rows in exemplars.jsonl's shape."""
+    knobs = read_meta(data_dir).get("mathworld")
+    if knobs is None:
+        raise ValueError(f"{data_dir}: not a corpus of the embedded world (no 'mathworld' in meta.json)")
+    held = {r["problem"] for name in ("eval", "valid", "exemplars") if os.path.exists(f"{data_dir}/{name}.jsonl")
+            for _, r in read_jsonl(f"{data_dir}/{name}.jsonl")}
+    rng, out = np.random.default_rng([seed, knobs["seed"], 17]), []
+    while len(out) < n:
+        p = problem(rng, list(knobs.get("families") or DEFAULT_FAMILIES), knobs.get("max_level", 3))
+        if p["problem"] not in held:
+            out.append(inline_exemplar({**math_row(p), "thought": p["gold_thought"],
+                                        "raw_solution": result_text(p).strip()}))
+    return out
 
 
 def inline_exemplar(row):

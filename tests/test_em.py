@@ -75,7 +75,9 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
     from data.tokenizer import get_tokenizer
     d_full, _ = full_run
     d = str(tmp_path / "section3")
-    em(d, f"--reuse_from={d_full}", "--em=False", "--baselines=False", "--raw_fresh=True", "--wrap=True", "--worth=2,")
+    tok = get_tokenizer("mathworld")
+    em(d, f"--reuse_from={d_full}", "--em=False", "--baselines=False", "--raw_fresh=True", "--wrap=True", "--worth=2,",
+       "--finetune_eval=True", "--finetune_problems=50")
     results = json.load(open(os.path.join(d, "results.json")))
     rows = results["rows"]  # beside the shared rows of the smoke run
     assert list(rows)[:6] == ["raw-token-match", "raw-FLOP-match", "raw-fresh", "rephrased (WRAP)",
@@ -84,6 +86,18 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
     x = [p["unique_x"] for p in results["worth"]["curve"]]
     assert x[0] == 1.0 and 2.0 <= x[1] < 2.1 and x[2] == rows["raw-fresh"]["unique_x"] > 2.1
     assert list(results["worth"]["placed"]) == ["M0 (warm start)"]  # the one latent row --reuse_from shares
+    # the fine-tuning evaluation of every model (the rows this run trained, and the shared M_0): 2 seeds each, on
+    # 50 solved problems none of which is held out, spelt as the model's own training spelt them
+    for name, r in results["rows"].items():
+        if name not in ("raw-token-match", "raw-FLOP-match"):  # the shared baselines were not fine-tuned here
+            f = r["finetune"]
+            assert len(f["seeds"]) == 2 and f["min"] <= f["mean"] <= f["max"], name
+    solved = [r for _, r in read_jsonl(os.path.join(d, "finetune_data", "problems.jsonl"))]
+    held = {r["problem"] for _, r in read_jsonl(os.path.join(d_full, "data", "eval.jsonl"))}
+    assert len(solved) == 50 and not {r["problem"] for r in solved} & held
+    latent_ids = set(tok.latent_ids)
+    assert set(open_bin(os.path.join(d, "m0", "finetune", "solved.bin")).tolist()) & latent_ids
+    assert not set(open_bin(os.path.join(d, "wrap_cot", "finetune", "solved.bin")).tolist()) & latent_ids
     budget = rows.pop("raw-FLOP-match")["tokens"]
     rows = {n: rows[n] for n in list(rows)[1:4]}
     assert all(r["tokens"] == budget and r["n"] == 40 and r["latent"] is False for r in rows.values())
@@ -98,7 +112,6 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
     inline = {c["id"]: c["text"] for doc in read_chunks(os.path.join(d, "wrap_cot", "inline.chunks.jsonl")) for c in doc}
     gold = read_thoughts(os.path.join(d_full, "data", "boot.gold.jsonl"))
     assert all(inline[i].startswith(f"Solution: {z}\nFinal Answer: ") for i, z in gold.items() if not i.endswith(":0"))
-    tok = get_tokenizer("mathworld")
     assert not set(open_bin(os.path.join(d, "wrap_cot", "inline_raw.bin")).tolist()) & set(tok.latent_ids)
     prompt = next(r for _, r in read_jsonl(os.path.join(d, "wrap_cot", "eval", "problems.jsonl")))["prompt"]
     assert "\nSolution: " in prompt and "=>" in prompt  # the exemplars show their derivations inline

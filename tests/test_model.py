@@ -112,6 +112,58 @@ def test_compaction_mid_decode_equals_uncached(family, compile_step, monkeypatch
         assert [s[3] for s in shapes] == list(range(T - 59, T - 59 + len(shapes)))
 
 
+@pytest.fixture
+def fresh_dynamo():
+    # compiled code is cached per code object across tests: each compile test starts and ends with none
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # importing torch._dynamo warns about torch.jit
+def test_compiled_decode_step_equals_eager_and_compiles_a_bounded_number_of_times(family, fresh_dynamo,
+                                                                                   monkeypatch):
+    """generate(compile_step=True) with decode_step compiled for real, as on a GPU (fullgraph=True) but with a CPU
+    backend (aot_eager: dynamo's graph, functionalised by AOTAutograd as inductor would receive it; no CUDA graphs,
+    model.DECODE_COMPILE's "reduce-overhead"). Calls of more distinct (batch, cache width) shapes than dynamo's
+    recompile_limit, one of a single row and one whose batch shrinks mid-decode: each equals the eager generate with
+    the same seed, and the step is compiled a few times in all, not once per shape (past the limit, fullgraph=True
+    makes a new shape a hard error)."""
+    import model as model_module
+    compiles = []
+
+    def counting_aot_eager(gm, example_inputs):
+        compiles.append(len(example_inputs))
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    monkeypatch.setattr(model_module, "DECODE_COMPILE", dict(backend=counting_aot_eager, fullgraph=True))
+    m = tiny(family)
+    calls = [(PROMPTS[:2], 1, 20), ([PROMPTS[1]], 3, 30), ([[7]] * 5, 2, 17), ([[9, 9, 9]], 1, 10),
+             ([[1] * 10] * 3, 2, 25), (PROMPTS, 2, 12), ([[5, 6]] * 7, 1, 9), (PROMPTS[2:], 3, 21),
+             ([[2] * 20], 2, 40), ([[3, 1, 4, 1, 5]] * 2, 4, 33)]
+    shapes = {(len(p) * K, max(map(len, p)) + n) for p, K, n in calls}  # (batch, cache width) of each call
+    assert len(shapes) == len(calls) > torch._dynamo.config.recompile_limit
+
+    def compiled_equals_eager(prompts, **kw):
+        got = m.generate(prompts, seed=5, compile_step=True, **kw)
+        want = m.generate(prompts, seed=5, **kw)
+        assert got[0] == want[0] and got[2] == want[2]
+        for a, b in zip(got[1], want[1]):
+            assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=0)
+        return got[0]
+
+    for prompts, K, n in calls:
+        compiled_equals_eager(prompts, num_samples=K, max_new_tokens=n)
+    # rows that stop drop out of the batch (compaction) while the others decode on, through the compiled step
+    toks = compiled_equals_eager(PROMPTS, num_samples=3, max_new_tokens=50, stop_tokens=range(0, V, 12))
+    lengths = [len(t) for t in toks]
+    assert sum(n <= 16 for n in lengths) >= len(lengths) // 2 and max(lengths) > 16, lengths
+    assert 1 <= len(compiles) <= 3, compiles  # the first shape, then symbolic batch and width, then one row
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == len(compiles)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_prefill_with_stops_equals_uncached(family):
     # K greedy rows per prompt are K copies of one decoding, each equal to the oracle, stop tokens included

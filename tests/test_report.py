@@ -1,6 +1,5 @@
 """report.html of a real smoke run: the table, the plots, the thoughts with their weights, escaping, the optional
 parts (matplotlib, gold thoughts), a sweep page, and the page as a headless browser renders it."""
-import base64
 import html
 import json
 import math
@@ -20,12 +19,23 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def has_matplotlib():
-    """The plots are an optional extra: without matplotlib the page leaves them out (tested on its own below)."""
+    """The PNG files are an optional extra: without matplotlib they are left out, the page keeps its svg plots."""
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return False
     return True
+
+def plots(page):
+    """{title: svg} of every inline plot on a page, in page order."""
+    return dict(re.findall(r"<svg class='plot'[^>]*aria-label='([^']*)'>(.*?)</svg>", page, re.S))
+
+
+def points(svg, label):
+    """[(x px, y px, tooltip)] of one series' points in a plot: each <circle> carries "label at x: value"."""
+    return [(float(x), float(y), t) for x, y, t in re.findall(r"<circle cx='([-\d.]+)' cy='([-\d.]+)'[^>]*><title>"
+                                                              r"([^<]*)</title>", svg) if t.startswith(f"{label} at ")]
+
 
 def copy_run(src, dst):
     """The smoke run without its checkpoints and bins (the page reads neither): a copy a test may change."""
@@ -70,14 +80,13 @@ def test_em_writes_the_page_with_every_row_and_the_plots(smoke_run, page):
     assert "".join(f"<th>{int(n) + 1} steps</th>" for n in levels) in by_steps
     shown = [r for steps, r in e["by_steps"].items() if str(int(steps) - 1) in levels]
     assert shown and all(f"E-step {r['agree_chosen']:.2f} / {r['agree_random']:.2f}" in by_steps for r in shown)
-    imgs = re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)">', page)
-    try:
-        import matplotlib  # noqa: F401  (an optional extra: without it the plots are left out, tested below)
-    except ImportError:
-        imgs = None
-    assert imgs is None or [a for a, _ in imgs] == ["accuracy per EM iteration", "E-step ELBO, effective sample size and gold agreement "
-                                    "per iteration", "train and validation loss of every training run"]
-    assert imgs is None or all(base64.b64decode(b).startswith(PNG) for _, b in imgs)
+    # the plots: inline svg, with or without matplotlib (its points are checked on synthetic runs below)
+    titles = list(plots(page))
+    assert titles[:5] == ["accuracy per EM iteration", "thoughts with the gold result", "held-out ELBO per raw token",
+                          "E-step ELBO estimate", "effective sample size"]
+    assert "M0 (warm start)" in titles and "EM iteration 2" in titles  # their training curves
+    assert len(points(plots(page)["accuracy per EM iteration"], "EM")) == 3  # M_0 and two iterations
+    assert "<img" not in page
     assert "http://" not in page and "https://" not in page and "<link" not in page  # nothing to fetch
 
 
@@ -125,7 +134,7 @@ def test_without_matplotlib_or_gold_thoughts_the_rest_stays(smoke_run, tmp_path,
     os.remove(os.path.join(run, "data", "boot.gold.jsonl"))  # a real corpus has none
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     text = open(write_report(run), encoding="utf-8").read()
-    assert "<img" not in text and "<code>pip install matplotlib</code>" in text
+    assert "<img" not in text and "matplotlib" not in text and "accuracy per EM iteration" in plots(text)
     assert "<td>EM iteration 2</td>" in text and len(blocks(text)) == 8
     assert "class='gold'" not in text and "&#10003; gold result" not in text
 
@@ -151,9 +160,10 @@ def test_a_sweep_page_labels_runs_by_what_differs(smoke_run, tmp_path):
     text = open(out, encoding="utf-8").read()
     assert "<h3>K=2</h3>" in text and "<h3>K=4</h3>" in text
     # the runs' accuracy plot, iteration 1 against K, and the mean-and-spread plot; the spread table as markdown
-    assert text.count("<table class='results'>") == 2 and text.count("data:image/png;base64,") == (3 if has_matplotlib() else 0)
-    assert ("Iteration 1 against K" in text) == has_matplotlib()
-    assert (tmp_path / "sweep_by_K.png").exists() == has_matplotlib()
+    assert text.count("<table class='results'>") == 2 and "<img" not in text
+    assert list(plots(text)) == ["accuracy per EM iteration", "iteration 1 against K",
+                                 "accuracy per EM iteration: mean and range of 2 runs"]
+    assert (tmp_path / "sweep_by_K.png").exists() == (tmp_path / "sweep.png").exists() == has_matplotlib()
     assert "Mean and spread over the runs" in text and (tmp_path / "sweep.md").read_text().startswith("2 runs: K=2, K=4")
 
 
@@ -179,7 +189,7 @@ def test_a_browser_renders_the_table_plots_and_thoughts(smoke_run, tmp_path):
     flags = [BROWSER, "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run(flags + ["--dump-dom", f"file://{path}"], capture_output=True, text=True, timeout=120).stdout
     assert "<table class=\"results\">" in dom and "<td>EM iteration 2</td>" in dom
-    assert dom.count('src="data:image/png;base64,') == (3 if has_matplotlib() else 0)
+    assert dom.count('<svg class="plot"') >= 5 and dom.count("<circle ") > 10
     assert dom.count('class="iter"') == 8 and dom.count('class="sample chosen"') == 8
     shot = tmp_path / "page.png"
     subprocess.run(flags + ["--window-size=1280,3000", f"--screenshot={shot}", f"file://{path}"], capture_output=True,
@@ -259,3 +269,126 @@ def test_thought_worth_places_each_latent_row_on_the_raw_curve():
     assert w["placed"] == {"M0 (warm start)": "2.8", "EM iteration 1": "> 15", "gold thoughts (oracle)": "< 1",
                            "EM iteration 2": "2.0"}
     assert thought_worth({k: v for k, v in rows.items() if not k.startswith("raw, ")}) is None
+
+
+# ----------------------------------------------------------------------------- the svg plots, on synthetic runs
+
+def acc(a, **extra):
+    return {"accuracy": a, "ci_low": a - 0.05, "ci_high": a + 0.04, "tokens": 1e6, **extra}
+
+
+def estep(chosen, rnd):
+    return {"agree_chosen": chosen, "agree_random": rnd, "elbo": -20.0, "ess": 2.0, "K": 4, "wall_s": 60}
+
+
+def held(x):
+    return {"1": x - 0.2, "2": x - 0.1, "4": x}
+
+
+# accuracy up then down (0.5, 0.7, 0.6): a plot that sorted or dropped a point would show it
+ROWS = {"raw-token-match": acc(0.2), "raw-FLOP-match": acc(0.4), "rephrased (WRAP)": acc(0.45),
+        "gold thoughts (oracle)": acc(0.9, heldout_elbo=held(-0.3)), "M0 (warm start)": acc(0.5, heldout_elbo=held(-0.8)),
+        "EM iteration 1": acc(0.7, estep=estep(0.5, 0.3), heldout_elbo=held(-0.6)),
+        "EM iteration 2": acc(0.6, estep=estep(0.6, 0.45), heldout_elbo=held(-0.5))}
+
+
+def synthetic_run(path, rows, **cfg):
+    """A run dir with only its results.json: all the page needs besides the optional parts (logs, shards)."""
+    os.makedirs(path)
+    json.dump({"config": {"iters": 2, "K": 4, **cfg}, "rows": rows}, open(os.path.join(path, "results.json"), "w"))
+    return str(path)
+
+
+def linear(pts, values):
+    """The points' y pixels are one decreasing linear function of their values: (pixel per unit, pixel at 0)."""
+    (y0, v0), (y1, v1) = (pts[0][1], values[0]), (pts[-1][1], values[-1])
+    slope = (y1 - y0) / (v1 - v0)
+    assert slope < 0 and all(y == pytest.approx(y0 + slope * (v - v0), abs=0.15) for (_, y, _), v in zip(pts, values))
+    return slope, y0 - slope * v0
+
+
+def test_the_page_draws_accuracy_estep_and_heldout_as_svg_without_matplotlib(tmp_path, monkeypatch):
+    import report
+    monkeypatch.setattr(report, "pyplot", lambda: None)  # as a plain install: no matplotlib
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    text = open(write_report(synthetic_run(tmp_path / "run", ROWS)), encoding="utf-8").read()
+    assert "<img" not in text and "matplotlib" not in text
+    figs = plots(text)
+    svg = figs["accuracy per EM iteration"]
+    em = points(svg, "EM")
+    assert [t.split(": ")[1] for _, _, t in em] == ["0.5 (0.45-0.54)", "0.7 (0.65-0.74)", "0.6 (0.55-0.64)"]
+    assert em[0][0] < em[1][0] < em[2][0]  # iterations 0, 1, 2 left to right
+    slope, at0 = linear(em, [0.5, 0.7, 0.6])  # one scale: the highest accuracy drawn highest, the dip a dip
+    assert svg.count("class='err'") == 3
+    # the baselines and the oracle as horizontal lines on the same scale, each named in the legend
+    hlines = re.findall(r"<line class='hline' [^>]*y1='([-\d.]+)'[^>]*><title>([^<]*)</title>", svg)
+    assert [t for _, t in hlines] == ["raw-token-match: 0.2", "raw-FLOP-match: 0.4", "rephrased (WRAP): 0.45",
+                                      "gold thoughts (oracle): 0.9"]
+    for y, t in hlines:
+        assert float(y) == pytest.approx(at0 + slope * float(t.split(": ")[1]), abs=0.15)
+        assert f">{t.split(':')[0]}</text>" in svg
+    assert [x for x in re.findall(r"text-anchor='middle'>(\d+)</text>", svg)] == ["0", "1", "2"]  # x ticks
+    # the E-step's gold agreement per iteration, chosen above random of K
+    gold = figs["thoughts with the gold result"]
+    chosen, rnd = points(gold, "chosen thought"), points(gold, "one of K at random")
+    assert [t.split(": ")[1] for _, _, t in chosen] == ["0.5", "0.6"] and len(rnd) == 2
+    linear(chosen + rnd, [0.5, 0.6, 0.3, 0.45])
+    # the held-out ELBO: a line per K over iterations 0..2, the oracle's per K as horizontal lines
+    elbo = figs["held-out ELBO per raw token"]
+    for k, shift in (("1", -0.2), ("2", -0.1), ("4", 0.0)):
+        pts = points(elbo, f"K = {k}")
+        assert [float(t.split(": ")[1]) for _, _, t in pts] == pytest.approx([-0.8 + shift, -0.6 + shift, -0.5 + shift])
+        assert f"<title>oracle, K = {k}: {-0.3 + shift:.4g}</title>" in elbo
+    assert elbo.count("<polyline") == 3
+
+
+def test_a_run_with_no_finished_rows_still_writes_its_page(tmp_path, monkeypatch):
+    import report
+    monkeypatch.setattr(report, "pyplot", lambda: None)
+    run = tmp_path / "run"
+    os.makedirs(run)
+    cfg = {"run_dir": str(run), "iters": 2, "K": 4}  # as em.py logs a run it has just started
+    (run / "invocations.jsonl").write_text(json.dumps({"config": cfg}) + "\n")
+    text = open(write_report(str(run)), encoding="utf-8").read()
+    assert "no results.json yet" in text and "accuracy per EM iteration: nothing to plot yet" in text
+    assert "<svg" not in text and "No E-step or held-out ELBO yet." in text
+    # M_0 alone: one point, and a sweep of such runs writes its page too
+    only = {"M0 (warm start)": acc(0.5)}
+    runs = [synthetic_run(tmp_path / f"k{k}", only, K=k) for k in (1, 2)]
+    text = open(write_report(runs[0]), encoding="utf-8").read()
+    assert len(points(plots(text)["accuracy per EM iteration"], "EM")) == 1
+    text = open(write_sweep(runs, str(tmp_path / "sweep.html")), encoding="utf-8").read()
+    assert "iteration 1 against K: nothing to plot yet" in text and not (tmp_path / "sweep.png").exists()
+
+
+def test_the_sweep_plot_is_the_mean_over_the_min_max_band(tmp_path, monkeypatch):
+    import report
+    monkeypatch.setattr(report, "pyplot", lambda: None)
+    runs = [synthetic_run(tmp_path / f"s{s}", {"raw-FLOP-match": acc(0.4), "M0 (warm start)": acc(m0),
+                                               "EM iteration 1": acc(it1)}, seed=s)
+            for s, m0, it1 in ((0, 0.5, 0.8), (1, 0.3, 0.6), (2, 0.4, 0.4))]
+    text = open(write_sweep(runs, str(tmp_path / "sweep.html")), encoding="utf-8").read()
+    svg = plots(text)["accuracy per EM iteration: mean and range of 3 runs"]
+    mean = points(svg, "EM, mean (min-max) of 3")
+    assert [float(t.split(": ")[1]) for _, _, t in mean] == pytest.approx([0.4, 0.6])
+    slope, at0 = linear(mean, [0.4, 0.6])
+    for s, values in (("seed=0", [0.5, 0.8]), ("seed=1", [0.3, 0.6]), ("seed=2", [0.4, 0.4])):  # every run thin
+        assert [float(t.split(": ")[1]) for _, _, t in points(svg, s)] == pytest.approx(values)
+    # the band: the highest run from left to right, then the lowest back
+    band = re.findall(r"<polygon [^>]*points='([^']*)'", svg)
+    ys = [float(p.split(",")[1]) for p in band[0].split()]
+    assert ys == pytest.approx([at0 + slope * v for v in (0.5, 0.8, 0.4, 0.3)], abs=0.15)
+    assert "<title>raw-FLOP-match, mean: 0.4</title>" in svg
+
+
+def test_plot_text_is_escaped(tmp_path, monkeypatch):
+    import report
+    monkeypatch.setattr(report, "pyplot", lambda: None)
+    evil = "<b>&'x"
+    runs = [synthetic_run(tmp_path / f"r{i}", ROWS, selection=f"{evil}{i}") for i in range(2)]
+    text = open(write_sweep(runs, str(tmp_path / "sweep.html")), encoding="utf-8").read()
+    assert "<b>" not in text and "&lt;b&gt;&amp;&#x27;x0" in plots(text)["accuracy per EM iteration"]
+    svg = report.svg({"title": "<script>t</script>", "xlabel": "a<b", "ylabel": "c&d", "xticks": [(0, "<i>")],
+                      "series": [{"label": "<s>", "color": "#000", "pts": [(0, 1.0)]}]})
+    assert "<script>" not in svg and "<i>" not in svg and "<s>" not in svg and "a<b" not in svg
+    assert "&lt;script&gt;t&lt;/script&gt;" in svg and ">a&lt;b<" in svg and ">c&amp;d<" in svg
