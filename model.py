@@ -17,12 +17,13 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-# how generate(compile_step=True) compiles decode_step: CUDA graphs (mode "reduce-overhead"), one graph with no
-# breaks. A setting, so a test can compile the same step with a CPU backend (tests/test_model.py). Between calls
-# of other batch sizes and cache widths dynamo recompiles a bounded number of times, not once per shape: its
-# automatic dynamic shapes make the batch and width symbolic at the first recompile, and a batch of one row
-# gets its own graph (dynamo specialises sizes 0 and 1), so 3 compiles per model shape, far below its
-# recompile_limit (8), which under fullgraph=True would be an error (measured on the CPU: tests/test_model.py).
+# How generate(compile_step=True) compiles decode_step: CUDA graphs (mode "reduce-overhead"), one graph, no breaks.
+# A setting, so that a test compiles the same step with a CPU backend (tests/test_model.py). A call with a new batch
+# size or cache width does not recompile each time: at the first recompile dynamo's automatic dynamic shapes make
+# batch and width symbolic, and a batch of one row gets a graph of its own (dynamo specialises sizes 0 and 1); 3
+# compiles per model shape in that test, over more shapes than dynamo's recompile_limit (8), past which
+# fullgraph=True would fail. Not measured, as no GPU was lent: CUDA graphs are still recorded once per distinct
+# (batch, width), by torch's cudagraph trees, at the cost of a warm-up step and memory each.
 DECODE_COMPILE = dict(mode="reduce-overhead", fullgraph=True)
 
 

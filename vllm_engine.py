@@ -237,16 +237,16 @@ def release_gpu_memory():
         torch.cuda.empty_cache()
 
 
-def stop_group(proc, timeout=STOP_TIMEOUT):
+def stop_group(proc):
     """Stop the server started as proc in its own session, and every process it started: vLLM's API server spawns
     engine-core and worker processes, which a signal to the API server alone leaves running, on the GPUs.
-    SIGTERM to the group (vLLM shuts down its workers on it), SIGKILL to whatever is left after timeout seconds."""
+    SIGTERM to the group (vLLM shuts down its workers on it), SIGKILL to whatever is left STOP_TIMEOUT s later."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:  # the group is gone already
         pass
     try:
-        proc.wait(timeout)
+        proc.wait(STOP_TIMEOUT)
     except subprocess.TimeoutExpired:
         pass
     try:

@@ -65,6 +65,19 @@ def test_the_gpu_preset_follows_the_parsed_settings(argv, preset, monkeypatch):
     assert cfg["n_docs"] == em.DEFAULTS["n_docs"] or not preset  # the GPU preset runs the measured world
 
 
+def test_the_gpu_preset_changes_throughput_seeds_and_extra_rows_only():
+    """config/em_gpu.py runs the measured CPU default: every setting that changes what is trained or evaluated is
+    the default's; it differs only in batch sizes of the E-step and the evaluation (throughput), in running three
+    seeds, and in turning on the rows that only add measurements."""
+    import em
+    from configurator import apply, read_config_file
+    preset = apply(em.DEFAULTS, read_config_file(em.GPU_PRESET, em.DEFAULTS), em.GPU_PRESET)
+    changed = {k for k in em.DEFAULTS if preset[k] != em.DEFAULTS[k]}
+    throughput, extra_rows = {"estep_batch", "eval_batch"}, {"raw_fresh", "wrap", "worth", "finetune_eval"}
+    assert changed <= throughput | {"seeds"} | extra_rows, changed - throughput - extra_rows
+    assert preset["seeds"] == (0, 1, 2) and set(preset) == set(em.DEFAULTS)
+
+
 @pytest.mark.parametrize("cmd, says", [
     (["em.py", "--itres", "3"], "did you mean --iters?"),
     (["em.py", "--iters=three"], "--iters must be int"),

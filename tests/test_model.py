@@ -126,12 +126,13 @@ def fresh_dynamo():
 def test_compiled_decode_step_equals_eager_and_compiles_a_bounded_number_of_times(family, fresh_dynamo,
                                                                                    monkeypatch):
     """generate(compile_step=True) with decode_step compiled for real, as on a GPU (fullgraph=True) but with a CPU
-    backend (aot_eager: dynamo's graph, functionalised by AOTAutograd as inductor would receive it; no CUDA graphs,
-    model.DECODE_COMPILE's "reduce-overhead"). Calls of more distinct (batch, cache width) shapes than dynamo's
-    recompile_limit, one of a single row and one whose batch shrinks mid-decode: each equals the eager generate with
-    the same seed, and the step is compiled a few times in all, not once per shape (past the limit, fullgraph=True
-    makes a new shape a hard error)."""
+    backend: aot_eager, dynamo's graph functionalised by AOTAutograd as inductor receives it (the CUDA graphs of
+    model.DECODE_COMPILE's mode "reduce-overhead" need a GPU). Calls of more distinct (batch, cache width) shapes
+    than dynamo's recompile_limit, one of a single row and one whose batch shrinks mid-decode: each equals the eager
+    generate with the same seed, and the step is compiled a few times in all, not once per shape (past the limit,
+    fullgraph=True makes a new shape a hard error)."""
     import model as model_module
+    assert model_module.DECODE_COMPILE["fullgraph"]  # the GPU's setting, which this test keeps
     compiles = []
 
     def counting_aot_eager(gm, example_inputs):
