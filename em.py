@@ -108,6 +108,8 @@ estep_engine = "torch"    # torch | vllm: each E-step on a vLLM server for M_{t-
 vllm_url = ""             # estep_engine=vllm: a server the user runs (its base URL); "" = start `vllm serve` here
 vllm_port = 8000          # estep_engine=vllm: the port of the server started here
 vllm_tensor_parallel = 1  # estep_engine=vllm: --tensor-parallel-size of the server started here
+vllm_gpu_memory_utilization = 0.8  # estep_engine=vllm: --gpu-memory-utilization of the server started here (the
+                          # trainer's cached memory is released first: vllm_engine.release_gpu_memory)
 # evaluation (eval_math.py)
 heldout_docs = 60         # the held-out ELBO of every latent model (the official validation.elbo_cfg): K = 4 posterior
                           # samples for each chunk of this many validation documents (about 5 chunks each), reported
@@ -193,9 +195,7 @@ def run_estep(cfg, ckpt, d, estep):
     if cfg["estep_engine"] != "vllm":
         raise ValueError(f"estep_engine must be torch or vllm, got {cfg['estep_engine']!r}")
     os.makedirs(d, exist_ok=True)
-    # the share of each GPU the server may take (--gpu-memory-utilization): the setting vllm_gpu_memory_utilization
-    # where the settings have it, else vllm_engine.GPU_MEMORY_UTILIZATION
-    memory = cfg.get("vllm_gpu_memory_utilization", vllm_engine.GPU_MEMORY_UTILIZATION)
+    memory = cfg["vllm_gpu_memory_utilization"]  # the share of each GPU the server may take
     with vllm_engine.serving(ckpt, d, url=cfg["vllm_url"], port=cfg["vllm_port"],
                              tensor_parallel=cfg["vllm_tensor_parallel"], gpu_memory_utilization=memory) as url:
         return estep(engine="vllm", base_url=url)

@@ -187,7 +187,7 @@ def test_em_starts_and_stops_the_server(world, tmp_path, fake_vllm):
     started, also on an error."""
     import em
     port = free_port()
-    cfg = dict(estep_engine="vllm", vllm_url="", vllm_port=port, vllm_tensor_parallel=2)
+    cfg = dict(em.DEFAULTS, estep_engine="vllm", vllm_url="", vllm_port=port, vllm_tensor_parallel=2)
     d = str(tmp_path / "estep")
     em.run_estep(cfg, world["ckpt"], d, lambda **engine: sample_thoughts(world["ckpt"], world["chunks"], d,
                                                                          **world["kw"], **engine))
@@ -196,7 +196,7 @@ def test_em_starts_and_stops_the_server(world, tmp_path, fake_vllm):
         argv = " ".join(json.load(f))
     assert "--tensor-parallel-size 2" in argv and "--logprobs-mode processed_logprobs" in argv
     assert f"--max-model-len {rigged_model().config.block_size}" in argv
-    assert f"--gpu-memory-utilization {vllm_engine.GPU_MEMORY_UTILIZATION}" in argv
+    assert f"--gpu-memory-utilization {em.DEFAULTS['vllm_gpu_memory_utilization']}" in argv
     url = f"http://127.0.0.1:{port}/v1"
     assert not vllm_engine.healthy(url)  # stopped
     assert running_in_group(server_pids(d)["pgid"]) == []  # and its engine core with it
