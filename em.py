@@ -415,11 +415,11 @@ class Run:
         """Train (fit), then evaluate on the reported split (with also_valid, on valid.jsonl too)."""
         cfg = self.cfg
         summary = self.fit(d, parts, max_tokens, init, latent, sampler)
-        ev = dict(exemplars=exemplars or self.exemplars, n_shot=cfg["eval_shots"], max_new_tokens=cfg["eval_max_new_tokens"],
-                  batch_size=cfg["eval_batch"], limit=cfg["eval_limit"] or None)
+        ev = dict(exemplars=exemplars or self.exemplars, n_shot=cfg["eval_shots"],
+                  max_new_tokens=cfg["eval_max_new_tokens"], batch_size=cfg["eval_batch"], limit=cfg["eval_limit"] or None)
         r = evaluate(summary["ckpt"], self.eval_data, out_dir=os.path.join(d, "eval"), **ev)
-        out = {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s"), "latent": latent,
-               **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
+        out = {"tokens": summary["tokens"], "val": summary.get("val"), "train_s": summary.get("wall_s"),
+               "latent": latent, **{k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown") if k in r}}
         if self.valid and self.valid != self.eval_data:  # settings are chosen on these problems, not on eval
             v = evaluate(summary["ckpt"], self.valid, out_dir=os.path.join(d, "valid"), **ev)
             out["valid"] = {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown")}
@@ -519,21 +519,24 @@ class Run:
         if not cfg["finetune_eval"]:
             return
         self.world_only("finetune_eval")
-        rows = os.path.join(rd, "finetune_data", "problems.jsonl")
+        # named by their number and seed: other settings write another file, never reuse a stale one
+        rows = os.path.join(rd, "finetune_data", f"problems_{cfg['finetune_problems']}_seed{cfg['data_seed']}.jsonl")
         if rank0() and not os.path.exists(rows):
             os.makedirs(os.path.dirname(rows), exist_ok=True)
             write_jsonl(rows, mathworld.finetune_problems(self.data, cfg["finetune_problems"], cfg["data_seed"]))
         barrier()
-        names = (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"] + [f"worth_x{m}" for m in cfg["worth"]]
-                 + ["oracle", "m0"] + [f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)])
+        names = (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"]
+                 + [f"worth_x{m}" for m in cfg["worth"]] + ["oracle", "m0"] + [f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)])
         for name in names:
             done = os.path.join(rd, name, "stage.json")
             if os.path.exists(done):
                 with open(done) as f:
                     latent = json.load(f).get("latent", not name.startswith(("raw", "wrap", "worth")))
-                self.stage(f"{name}/finetune", lambda d: self.finetune(d, os.path.join(rd, name, "ckpt.pt"), latent, rows))
+                ckpt = os.path.join(rd, name, "ckpt.pt")
+                self.stage(f"{name}/finetune", lambda d: self.finetune(d, ckpt, latent, rows))
 
     def finetune(self, d, ckpt, latent, rows):
+        """One model's fine-tuning evaluation: {mean, min, max, seeds} of its finetune_seeds zero-shot accuracies."""
         cfg = self.cfg
         data = os.path.join(d, "solved.bin")
         if rank0() and not os.path.exists(data):

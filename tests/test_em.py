@@ -92,7 +92,7 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
         if name not in ("raw-token-match", "raw-FLOP-match"):  # the shared baselines were not fine-tuned here
             f = r["finetune"]
             assert len(f["seeds"]) == 2 and f["min"] <= f["mean"] <= f["max"], name
-    solved = [r for _, r in read_jsonl(os.path.join(d, "finetune_data", "problems.jsonl"))]
+    solved = [r for _, r in read_jsonl(os.path.join(d, "finetune_data", "problems_50_seed0.jsonl"))]
     held = {r["problem"] for _, r in read_jsonl(os.path.join(d_full, "data", "eval.jsonl"))}
     assert len(solved) == 50 and not {r["problem"] for r in solved} & held
     latent_ids = set(tok.latent_ids)
