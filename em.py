@@ -266,6 +266,7 @@ def n_tokens(path):
     return len(open_bin(path))
 
 
+WORLD_ROWS = ("raw_fresh", "wrap", "worth", "finetune_eval")  # rows the embedded world writes the documents of
 GPU_PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "em_gpu.py")
 
 
@@ -273,11 +274,24 @@ def configure(argv):
     """The settings: defaults <- config files (on a GPU, config/em_gpu.py unless one is given or gpu_preset is
     False) <- the command line. The preset is decided from the parsed settings, never from argv's spelling."""
     gpu = torch.cuda.is_available()
-    cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}  # --help prints and exits here
+    mine = parse_args(argv, DEFAULTS)  # what the user set; --help prints and exits here
+    cfg = {**DEFAULTS, **mine}
     files = config_files(argv, DEFAULTS)
     if gpu and not files and cfg["gpu_preset"]:
         argv = [GPU_PRESET] + argv
         cfg = {**DEFAULTS, **parse_args(argv, DEFAULTS)}
+        # the preset's three seeds and extra rows only where they apply: not for a run of one seed, a shared corpus
+        # or a torchrun job (each rank would start the seeds), and the world's rows only on the embedded world
+        if {"seed", "data_seed", "reuse_from"} & set(mine) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            cfg["seeds"] = mine.get("seeds", ())
+        if cfg["data_dir"]:
+            cfg.update({k: mine.get(k, DEFAULTS[k]) for k in WORLD_ROWS})
+    for k in WORLD_ROWS:  # before any work, not after hours of training
+        if cfg[k] and cfg["data_dir"]:
+            raise ValueError(f"--{k} needs the embedded world (data/mathworld.py) to write its documents; "
+                             f"a --data_dir corpus has no generator")
+    if cfg["wrap"] and set(cfg["families"]) != {"chain"}:
+        raise ValueError(f"--wrap: only the chain family has other wordings, got families={cfg['families']}")
     for key, allowed in (("sampler", ("passes", "windows")), ("coin", COINS), ("mstep_data", ("all", "bootstrap"))):
         if cfg[key] not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
@@ -425,13 +439,17 @@ class Run:
             out["valid"] = {k: v[k] for k in ("accuracy", "ci_low", "ci_high", "n", "breakdown")}
         return out
 
+    def reused(self, name):
+        """True for a model shared by --reuse_from: its extra measurements belong to (and are made in) its own run."""
+        return os.path.islink(os.path.join(self.cfg["run_dir"], name.split("/")[0]))
+
     def heldout(self, name):
         """The held-out ELBO of the latent model trained in stage name (docs/method.md, Evaluation): the E-step's
         sampling and weighting run on validation chunks no training reads, K = HELDOUT_K samples each, and
         the ELBO per raw token at K = 1, 2, 4 from the same samples. Where few-shot accuracy jumps, this moves
         smoothly: how well the model explains unseen text through its thoughts."""
         cfg = self.cfg
-        if not cfg["heldout_docs"] or not self.have("val.chunks.jsonl"):
+        if not cfg["heldout_docs"] or not self.have("val.chunks.jsonl") or self.reused(name):
             return None
         ckpt = os.path.join(cfg["run_dir"], name, "ckpt.pt")
         return self.stage(f"{name}/heldout", lambda d: run_estep(cfg, ckpt, d, lambda **engine: {
@@ -483,7 +501,7 @@ class Run:
         def fresh(d, n):  # a raw model at the budget on the documents and fresh ones up to n unique tokens, in passes
             extra = written(d, "fresh", lambda: mathworld.fresh_documents(self.data, n - have, self.tok, cfg["seed"]))
             r = self.fit_and_eval(d, raw + [extra], self.budget, self.base, False, sampler="passes")
-            unique = have + n_tokens(extra[2])
+            unique = min(have + n_tokens(extra[2]), self.read_tokens(self.budget))  # what the training reads
             return {**r, "unique_tokens": unique, "unique_x": unique / have}
         if cfg["raw_fresh"]:  # one pass of unique documents, whatever the sampler
             self.world_only("raw_fresh")
@@ -529,7 +547,7 @@ class Run:
                  + [f"worth_x{m}" for m in cfg["worth"]] + ["oracle", "m0"] + [f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)])
         for name in names:
             done = os.path.join(rd, name, "stage.json")
-            if os.path.exists(done):
+            if os.path.exists(done) and not self.reused(name):
                 with open(done) as f:
                     latent = json.load(f).get("latent", not name.startswith(("raw", "wrap", "worth")))
                 ckpt = os.path.join(rd, name, "ckpt.pt")
@@ -538,7 +556,7 @@ class Run:
     def finetune(self, d, ckpt, latent, rows):
         """One model's fine-tuning evaluation: {mean, min, max, seeds} of its finetune_seeds zero-shot accuracies."""
         cfg = self.cfg
-        data = os.path.join(d, "solved.bin")
+        data = os.path.join(d, f"solved_{cfg['finetune_problems']}.bin")  # another count: another file
         if rank0() and not os.path.exists(data):
             build_solved_bin(self.tok, load_rows(rows), data, latent)
         barrier()

@@ -506,7 +506,7 @@ def table(rows, split="eval"):
     how much of the previous E-step's choice the M-step kept: M_{t-1}'s random-of-K gold agreement at iteration t
     minus iteration t-1's chosen agreement (0 or more: the M-step learnt what the E-step chose)."""
     head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug",
-            "held-out ELBO K=1 / 2 / 4 (raw rows: log-likelihood)", "fine-tuned, zero-shot: mean (min-max)",
+            "held-out ELBO K=1 / 2 / 4 (raw rows: minus val raw loss)", "fine-tuned, zero-shot: mean (min-max)",
             "E-step ELBO", "ESS",
             "gold result: chosen / random", "sound: chosen / random", "complete: chosen / random", "transfer",
             "tokens trained", "training time", "E-step time"]
@@ -557,12 +557,14 @@ def thought_worth(rows):
 
 def heldout_cell(name, r):
     """The held-out ELBO per raw token at K = 1 / 2 / 4 (em.py: Run.heldout). A raw model has no thoughts to
-    infer: its exact log-likelihood per raw token is minus its validation raw loss, the figure the ELBO bounds."""
+    infer: its row shows minus its validation raw loss, an exact log-likelihood per raw token, but on other windows
+    of the validation text and with a longer context than the ELBO's chunks and one-chunk prefix: a neighbour of
+    the latent rows' figure, not the same measurement."""
     if r.get("heldout_elbo"):
         return " / ".join(f"{v:.3f}" for _, v in sorted(r["heldout_elbo"].items(), key=lambda kv: int(kv[0])))
     raw = (r.get("val") or {}).get("raw")
     raw_row = not r.get("latent", not name.startswith("raw"))  # runs made before "latent" was recorded: by name
-    return f"{-raw:.3f} (log-lik.)" if raw is not None and raw_row else ""
+    return f"{-raw:.3f} (-val raw loss)" if raw is not None and raw_row else ""
 
 
 def steps_table(rows):

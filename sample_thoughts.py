@@ -108,13 +108,17 @@ def chunk_stats(samples):
 
 def elbo_k(samples, k):
     """The ELBO estimate with k of a chunk's K samples: the mean, over its K // k disjoint groups of k samples in
-    order, of each group's chunk_stats ELBO. k = K is the E-step's figure, k = 1 the mean log-weight; every k reads
+    order, of logsumexp(log w) - log k. k = K is the E-step's figure when no thought is truncated, k = 1 the mean
+    log-weight; every k reads
     the same samples, so the figures differ only in how tight the bound is (it tightens with k in expectation:
     Burda et al. 2016), which is how the official code reports a held-out ELBO at K = 1, 2, 4."""
     if not 1 <= k <= len(samples):
         raise ValueError(f"k={k}: between 1 and the chunk's {len(samples)} samples")
-    groups = [samples[i:i + k] for i in range(0, len(samples) - k + 1, k)]
-    return sum(chunk_stats(g)[0] for g in groups) / len(groups)
+    # one rule for every k: each sample with its log w as it is (a group of one cannot drop its truncated thought,
+    # so the E-step's weight 0 for truncated thoughts would make k = 1 and k = 4 different measurements)
+    lw = torch.tensor([s["logw"] for s in samples], dtype=torch.float64)
+    groups = [lw[i:i + k] for i in range(0, len(samples) - k + 1, k)]
+    return sum(float(torch.logsumexp(g, 0)) - math.log(k) for g in groups) / len(groups)
 
 
 def elbo_by_k(rows):

@@ -13,6 +13,7 @@ recorded as such and the next one runs: one lent hour should not be lost to one 
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -42,13 +43,17 @@ def device_name():
 
 
 def run_step(argv, timeout):
-    """(exit status or 'timeout', seconds, output)."""
+    """(exit status or 'timeout', seconds, output). The step runs in a session of its own, so that a timeout stops
+    every process it started (em.py --seeds starts one per seed), not only the first."""
     t0 = time.time()
+    p = subprocess.Popen([sys.executable] + argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
     try:
-        r = subprocess.run([sys.executable] + argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        return r.returncode, time.time() - t0, r.stdout + r.stderr
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        out, _ = p.communicate(timeout=timeout)
+        return p.returncode, time.time() - t0, out
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, _ = p.communicate()
         return "timeout", time.time() - t0, out
 
 
@@ -74,11 +79,13 @@ def main(argv):
             continue
         cmd = [x.format(out=out) for x in (dry if a.dry else full)]
         print(f"[gpu_day] {name}: python {' '.join(cmd)}", flush=True)
+        t0 = time.time()
         status, secs, text = run_step(cmd, a.timeout)
         md += [f"## {name}: {what}", "", f"`python {' '.join(cmd)}`: exit {status}, {secs / 60:.1f} min on "
                f"{device_name()}", "", "```", *text.rstrip().splitlines()[-a.tail:], "```", ""]
         seeds = os.path.join(out, "em", "seeds.md")
-        if name == "em" and os.path.exists(seeds):  # the mean, min-max and every run (report.py: write_sweep)
+        # the mean, min-max and every run (report.py: write_sweep), if this step wrote it (not an earlier day's)
+        if name == "em" and os.path.exists(seeds) and os.path.getmtime(seeds) >= t0:
             md += ["Seeds (run_dir/seeds.md):", "", open(seeds).read().strip(), ""]
     path = os.path.join(out, "gpu_day.md")
     with open(path, "w") as f:

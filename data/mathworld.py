@@ -422,7 +422,8 @@ def finetune_problems(data_dir, n, seed=0):
             for _, r in read_jsonl(f"{data_dir}/{name}.jsonl")}
     rng, out = np.random.default_rng([seed, knobs["seed"], 17]), []
     while len(out) < n:
-        p = problem(rng, list(knobs.get("families") or DEFAULT_FAMILIES), knobs.get("max_level", 3))
+        p = problem(rng, list(knobs.get("families") or DEFAULT_FAMILIES), knobs.get("max_level", 3),
+                    style=knobs.get("thought_style", "terse"))  # the thoughts the corpus's own spelling
         if p["problem"] not in held:
             out.append(inline_exemplar({**math_row(p), "thought": p["gold_thought"],
                                         "raw_solution": result_text(p).strip()}))

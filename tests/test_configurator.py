@@ -78,6 +78,27 @@ def test_the_gpu_preset_changes_throughput_seeds_and_extra_rows_only():
     assert preset["seeds"] == (0, 1, 2) and set(preset) == set(em.DEFAULTS)
 
 
+def test_the_gpu_presets_seeds_and_world_rows_apply_only_where_they_can(monkeypatch):
+    """The preset's three seeds give way to a seed the user names, a shared corpus or torchrun; its world rows to a
+    --data_dir corpus; a world row asked for by hand on a --data_dir corpus, or --wrap off the chain family, stops
+    before any work."""
+    import em
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    assert em.configure([])[0]["seeds"] == (0, 1, 2)
+    assert em.configure(["--seed=5"])[0]["seeds"] == () and em.configure(["--reuse_from=runs/a"])[0]["seeds"] == ()
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert em.configure([])[0]["seeds"] == ()
+    monkeypatch.delenv("WORLD_SIZE")
+    cfg = em.configure(["--data_dir=some/corpus"])[0]
+    assert not any(cfg[k] for k in em.WORLD_ROWS) and cfg["estep_batch"] == 512
+    with pytest.raises(ValueError, match="--wrap needs the embedded world"):
+        em.configure(["--data_dir=some/corpus", "--wrap=True"])
+    with pytest.raises(ValueError, match="only the chain family"):
+        em.configure(["--gpu_preset=False", "--wrap=True", "--families=('chain', 'total')"])
+
+
 @pytest.mark.parametrize("cmd, says", [
     (["em.py", "--itres", "3"], "did you mean --iters?"),
     (["em.py", "--iters=three"], "--iters must be int"),
