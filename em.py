@@ -290,6 +290,8 @@ def configure(argv):
         if cfg[k] and cfg["data_dir"]:
             raise ValueError(f"--{k} needs the embedded world (data/mathworld.py) to write its documents; "
                              f"a --data_dir corpus has no generator")
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in cfg["worth"]):
+        raise ValueError(f"worth: multiples of raw-FLOP-match's unique tokens, integers from 2, got {cfg['worth']!r}")
     if cfg["wrap"] and set(cfg["families"]) != {"chain"}:
         raise ValueError(f"--wrap: only the chain family has other wordings, got families={cfg['families']}")
     for key, allowed in (("sampler", ("passes", "windows")), ("coin", COINS), ("mstep_data", ("all", "bootstrap"))):
@@ -477,11 +479,6 @@ class Run:
         self.stage("raw_token_match", lambda d: self.fit_and_eval(d, raw, raw_tokens, self.base, False))
         self.stage("raw_flop_match", lambda d: self.fit_and_eval(d, raw, self.budget, self.base, False))
 
-    def world_only(self, what):
-        if self.cfg["data_dir"]:
-            raise ValueError(f"--{what}=True needs the embedded world (data/mathworld.py) to write its documents; "
-                             f"a --data_dir corpus has no generator")
-
     def other_uses(self):
         """The paper's Section 3 rows, each a raw model at raw-FLOP-match's budget (docs/method.md, Baselines):
         raw-fresh (unique documents, read once), WRAP (the documents and rephrasings of them) and WRAP-CoT (the
@@ -504,15 +501,10 @@ class Run:
             unique = min(have + n_tokens(extra[2]), self.read_tokens(self.budget))  # what the training reads
             return {**r, "unique_tokens": unique, "unique_x": unique / have}
         if cfg["raw_fresh"]:  # one pass of unique documents, whatever the sampler
-            self.world_only("raw_fresh")
             self.stage("raw_fresh", lambda d: fresh(d, self.read_tokens(self.budget)))
         for m in cfg["worth"]:
-            self.world_only("worth")
-            if not (isinstance(m, int) and m >= 2):
-                raise ValueError(f"worth: multiples of raw-FLOP-match's unique tokens, integers from 2, got {m!r}")
             self.stage(f"worth_x{m}", lambda d: fresh(d, m * have))
         if cfg["wrap"]:
-            self.world_only("wrap")
             self.stage("wrap", lambda d: self.fit_and_eval(d, raw + [written(d, "wrap", lambda: [
                 doc for p in raw for doc in mathworld.rephrased_documents(p[0], WRAP_REPHRASINGS, cfg["seed"])])],
                 self.budget, self.base, False))
@@ -536,7 +528,6 @@ class Run:
         cfg, rd = self.cfg, self.cfg["run_dir"]
         if not cfg["finetune_eval"]:
             return
-        self.world_only("finetune_eval")
         # named by their number and seed: other settings write another file, never reuse a stale one
         rows = os.path.join(rd, "finetune_data", f"problems_{cfg['finetune_problems']}_seed{cfg['data_seed']}.jsonl")
         if rank0() and not os.path.exists(rows):

@@ -340,17 +340,24 @@ def write_tokenizer(path=MATHWORLD_BPE):
 # (its Section 3: the same documents repeated, fresh ones, rephrased (WRAP), rephrased with the reasoning written in
 # (WRAP-CoT)); em.py trains one raw model on each (--raw_fresh, --wrap)
 
+def world_of(data_dir):
+    """(the settings a prepared corpus of this world was made with, its held-out problems): what any more text of
+    the same world needs, so that it never writes an evaluation, validation or exemplar problem."""
+    knobs = read_meta(data_dir).get("mathworld")
+    if knobs is None:
+        raise ValueError(f"{data_dir}: not a corpus of the embedded world (no 'mathworld' in meta.json); more of its "
+                         "text can only be written for one")
+    held = {r["problem"] for name in ("eval", "valid", "exemplars") if os.path.exists(f"{data_dir}/{name}.jsonl")
+            for _, r in read_jsonl(f"{data_dir}/{name}.jsonl")}
+    return knobs, held
+
+
 def fresh_documents(data_dir, n_tokens, tok, seed=0):
     """Raw documents of the bootstrap split's kind (every level, same problems per document) that no split of
     data_dir holds, until their raw tokens reach n_tokens: the raw-fresh baseline, what a world with more text
     would give. Held-out problems (eval, valid, exemplars) stay out, as in every training text; a problem may
     recur (a 2-step chain has a few thousand spellings), a document does not. Returns [(doc id, [chunk texts])]."""
-    knobs = read_meta(data_dir).get("mathworld")
-    if knobs is None:
-        raise ValueError(f"{data_dir}: not a corpus of the embedded world (no 'mathworld' in meta.json); fresh "
-                         "documents can only be generated for it")
-    held = {r["problem"] for name in ("eval", "valid", "exemplars") if os.path.exists(f"{data_dir}/{name}.jsonl")
-            for _, r in read_jsonl(f"{data_dir}/{name}.jsonl")}
+    knobs, held = world_of(data_dir)
     seen = {"".join(c["text"] for c in doc) for split in ("warm", "boot", "val")
             for doc in read_chunks(f"{data_dir}/{split}.chunks.jsonl")}
     world = {k: knobs[k] for k in ("problems_per_doc", "families", "max_level") if k in knobs}
@@ -415,11 +422,7 @@ def finetune_problems(data_dir, n, seed=0):
     """n solved problems of the world for the fine-tuning evaluation (the official run_finetune_eval.sh fine-tunes
     on the task's train split): the bootstrap split's kind, none of them held out, each with its gold derivation as
     thought and inline raw solution; rows in exemplars.jsonl's shape."""
-    knobs = read_meta(data_dir).get("mathworld")
-    if knobs is None:
-        raise ValueError(f"{data_dir}: not a corpus of the embedded world (no 'mathworld' in meta.json)")
-    held = {r["problem"] for name in ("eval", "valid", "exemplars") if os.path.exists(f"{data_dir}/{name}.jsonl")
-            for _, r in read_jsonl(f"{data_dir}/{name}.jsonl")}
+    knobs, held = world_of(data_dir)
     rng, out = np.random.default_rng([seed, knobs["seed"], 17]), []
     while len(out) < n:
         p = problem(rng, list(knobs.get("families") or DEFAULT_FAMILIES), knobs.get("max_level", 3),
