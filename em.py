@@ -33,8 +33,9 @@ import torch
 
 from common import barrier, rank0, setup, teardown
 from configurator import config_files, defaults_of, parse_args, usage_error
+import data.files  # its COINS by their module name: an imported constant is not a setting of this script
 from data import mathworld
-from data.files import (COINS, build_augmented_bin, build_passes_bin, build_raw_bin, build_solved_bin, check_contract,
+from data.files import (build_augmented_bin, build_passes_bin, build_raw_bin, build_solved_bin, check_contract,
                         check_settings, open_bin, read_jsonl, read_meta, write_chunks, write_json, write_jsonl)
 from data.mathworld import prepare
 from data.tokenizer import get_tokenizer
@@ -294,7 +295,7 @@ def configure(argv):
         raise ValueError(f"worth: multiples of raw-FLOP-match's unique tokens, integers from 2, got {cfg['worth']!r}")
     if cfg["wrap"] and set(cfg["families"]) != {"chain"}:
         raise ValueError(f"--wrap: only the chain family has other wordings, got families={cfg['families']}")
-    for key, allowed in (("sampler", ("passes", "windows")), ("coin", COINS), ("mstep_data", ("all", "bootstrap"))):
+    for key, allowed in (("sampler", ("passes", "windows")), ("coin", data.files.COINS), ("mstep_data", ("all", "bootstrap"))):
         if cfg[key] not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {cfg[key]!r}")
     if not 0 <= cfg["raw_mix"] <= 1 or (cfg["raw_mix"] and cfg["sampler"] != "passes"):
