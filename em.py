@@ -334,11 +334,14 @@ class Run:
         self.oracle_possible = cfg["oracle"] and (not cfg["data_dir"] or self.have("boot.gold.jsonl"))
         held = lambda name: [name] + ([f"{name}/heldout"] if cfg["heldout_docs"] else [])
         its = [n for t in range(1, cfg["iters"] + 1) for n in [f"iter{t}/estep"] + held(f"iter{t}/mstep")]
-        self.stage = Stages(cfg, preset, ["data", "base"] + (held("m0") if cfg["em"] else []) +
-                            (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
-                            (["raw_fresh"] if cfg["raw_fresh"] else []) + (["wrap", "wrap_cot"] if cfg["wrap"] else []) +
-                            [f"worth_x{m}" for m in cfg["worth"]] +
-                            (held("oracle") if self.oracle_possible else []) + (its if cfg["em"] else []))
+        planned = (["data", "base"] + (held("m0") if cfg["em"] else []) +
+                   (["raw_token_match", "raw_flop_match"] if cfg["baselines"] else []) +
+                   (["raw_fresh"] if cfg["raw_fresh"] else []) + (["wrap", "wrap_cot"] if cfg["wrap"] else []) +
+                   [f"worth_x{m}" for m in cfg["worth"]] +
+                   (held("oracle") if self.oracle_possible else []) + (its if cfg["em"] else []))
+        if cfg["finetune_eval"]:  # last, each model this run trains itself (finetune_all)
+            planned += [f"{n}/finetune" for n in self.finetune_names() if n in planned and not self.reused(n)]
+        self.stage = Stages(cfg, preset, planned)
 
     def have(self, name):
         return os.path.exists(os.path.join(self.data, name))
@@ -535,15 +538,19 @@ class Run:
             os.makedirs(os.path.dirname(rows), exist_ok=True)
             write_jsonl(rows, mathworld.finetune_problems(self.data, cfg["finetune_problems"], cfg["data_seed"]))
         barrier()
-        names = (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"]
-                 + [f"worth_x{m}" for m in cfg["worth"]] + ["oracle", "m0"] + [f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)])
-        for name in names:
+        for name in self.finetune_names():
             done = os.path.join(rd, name, "stage.json")
             if os.path.exists(done) and not self.reused(name):
                 with open(done) as f:
                     latent = json.load(f).get("latent", not name.startswith(("raw", "wrap", "worth")))
                 ckpt = os.path.join(rd, name, "ckpt.pt")
                 self.stage(f"{name}/finetune", lambda d: self.finetune(d, ckpt, latent, rows))
+
+    def finetune_names(self):
+        """Every model a run may train, in the order finetune_all fine-tunes those it did train."""
+        return (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"] +
+                [f"worth_x{m}" for m in self.cfg["worth"]] + ["oracle", "m0"] +
+                [f"iter{t}/mstep" for t in range(1, self.cfg["iters"] + 1)])
 
     def finetune(self, d, ckpt, latent, rows):
         """One model's fine-tuning evaluation: {mean, min, max, seeds} of its finetune_seeds zero-shot accuracies."""

@@ -18,5 +18,6 @@ eval_limit = 40
 eval_max_new_tokens = 48
 eval_batch = 40
 heldout_docs = 10
-finetune_problems = 200
+finetune_problems = 100
 finetune_seeds = 2
+finetune_epochs = 2.0

@@ -1,6 +1,7 @@
 """The whole EM loop on the CPU smoke preset: every stage's files, the results table, and resuming."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -76,8 +77,13 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
     d_full, _ = full_run
     d = str(tmp_path / "section3")
     tok = get_tokenizer("mathworld")
-    em(d, f"--reuse_from={d_full}", "--em=False", "--baselines=False", "--raw_fresh=True", "--wrap=True", "--worth=2,",
-       "--finetune_eval=True", "--finetune_problems=50")
+    out = em(d, f"--reuse_from={d_full}", "--em=False", "--baselines=False", "--raw_fresh=True", "--wrap=True",
+             "--worth=2,", "--finetune_eval=True", "--finetune_problems=50")
+    # the plan announced up front holds the fine-tunings too (of its own models, not of the shared M_0), and every
+    # stage's "k of N" counts against it
+    made = ["raw_fresh", "wrap", "wrap_cot", "worth_x2"]
+    assert re.search(r"(\d+) stages to run: (.*?);", out).groups() == ("8", ", ".join(made + [f"{n}/finetune" for n in made]))
+    assert re.findall(r"\(stage (\d+) of the (\d+) ", out) == [(str(k), "8") for k in range(1, 9)]
     results = json.load(open(os.path.join(d, "results.json")))
     rows = results["rows"]  # beside the shared rows of the smoke run
     assert list(rows)[:6] == ["raw-token-match", "raw-FLOP-match", "raw-fresh", "rephrased (WRAP)",
