@@ -525,6 +525,9 @@ def table(rows, split="eval"):
                     num(e.get("ess"), ".2f"), pair("agree_chosen", "agree_random"),
                     pair("sound_chosen", "sound_random"), pair("complete_chosen", "complete_random"), transfer, f"{r['tokens'] / 1e6:.2f}M",
                     minutes(r.get("train_s", 0)), minutes(e.get("wall_s"))])
+    if not any(r.get("valid") for r in rows.values()):  # no also_valid: a column of empty cells (or "on valid" twice)
+        out = [c[:2] + c[3:] for c in out]
+        head = head[:2] + head[3:]
     return head, out
 
 

@@ -404,7 +404,9 @@ def rephrase(text, rng):
 
 
 def rephrased_documents(chunks_path, n, seed=0):
-    """n rephrasings of every document of a chunk file, each a document of its own: [(doc id, [chunk texts])]."""
+    """n rephrasings of every document of a chunk file, each a document of its own: [(doc id, [chunk texts])].
+    Each chunk restarts the rephrasing's generator, so a rephrased document keeps one style throughout (the same
+    opening and step words in the same places), as WRAP gives each document one style prompt."""
     return [(f"{doc[0]['doc']}~wrap{r}", [rephrase(c["text"], np.random.default_rng([seed, d, r, 13])) for c in doc])
             for r in range(n) for d, doc in enumerate(read_chunks(chunks_path))]
 

@@ -208,6 +208,15 @@ def test_transfer_is_this_random_of_k_minus_the_previous_choice():
     assert [c[col] for c in cells] == ["", "", "-0.050"]  # 0.65 at iteration 2 against 0.70 chosen at 1
 
 
+def test_the_on_valid_column_is_there_only_when_a_run_evaluated_on_valid_too():
+    from report import table
+    row = {"accuracy": 0.5, "ci_low": 0.4, "ci_high": 0.6, "tokens": 1e6}
+    head, cells = table({"M0 (warm start)": row}, "valid")
+    assert head[1:3] == ["accuracy (95% CI) on valid", "val loss raw / aug"] and len(cells[0]) == len(head)
+    head, cells = table({"M0 (warm start)": {**row, "valid": {"accuracy": 0.25}}, "EM iteration 1": row})
+    assert head[1:3] == ["accuracy (95% CI) on eval", "on valid"] and [c[2] for c in cells] == ["0.250", ""]
+
+
 def test_steps_table_gives_each_rung_its_accuracy_agreement_and_transfer():
     from report import results_markdown
     level = lambda *a: {"level": {str(i + 1): {"accuracy": x, "n": 10} for i, x in enumerate(a)}}
