@@ -222,9 +222,11 @@ class Stages:
         self.todo = [n for n in planned if not os.path.exists(os.path.join(cfg["run_dir"], n, "stage.json"))]
         self.expected = EXPECTED_MIN.get(preset, {})
         if self.todo:
-            known = all(kind(n) in self.expected for n in self.todo)
+            untimed = [n for n in self.todo if kind(n) not in self.expected]
             log(f"{len(self.todo)} stages to run: {', '.join(self.todo)}; "
-                + (f"expected about {self.eta():.0f} min (measured for the default settings)" if known
+                + (f"expected about {self.eta():.0f} min (measured for the default settings)"
+                   + (f", plus {len(untimed)} not timed yet ({', '.join(sorted({kind(n) for n in untimed}))})"
+                      if untimed else "") if len(untimed) < len(self.todo)
                    else "no time estimate yet for this preset (it comes after the first stage)"))
 
     def eta(self, done_min=0.0):
@@ -339,8 +341,8 @@ class Run:
                    (["raw_fresh"] if cfg["raw_fresh"] else []) + (["wrap", "wrap_cot"] if cfg["wrap"] else []) +
                    [f"worth_x{m}" for m in cfg["worth"]] +
                    (held("oracle") if self.oracle_possible else []) + (its if cfg["em"] else []))
-        if cfg["finetune_eval"]:  # last, each model this run trains itself (finetune_all)
-            planned += [f"{n}/finetune" for n in self.finetune_names() if n in planned and not self.reused(n)]
+        if cfg["finetune_eval"]:  # last: finetune_all
+            planned += [f"{n}/finetune" for n in self.finetune_models(planned)]
         self.stage = Stages(cfg, preset, planned)
 
     def have(self, name):
@@ -538,19 +540,21 @@ class Run:
             os.makedirs(os.path.dirname(rows), exist_ok=True)
             write_jsonl(rows, mathworld.finetune_problems(self.data, cfg["finetune_problems"], cfg["data_seed"]))
         barrier()
-        for name in self.finetune_names():
-            done = os.path.join(rd, name, "stage.json")
-            if os.path.exists(done) and not self.reused(name):
-                with open(done) as f:
-                    latent = json.load(f).get("latent", not name.startswith(("raw", "wrap", "worth")))
-                ckpt = os.path.join(rd, name, "ckpt.pt")
-                self.stage(f"{name}/finetune", lambda d: self.finetune(d, ckpt, latent, rows))
+        for name in self.finetune_models():
+            with open(os.path.join(rd, name, "stage.json")) as f:
+                latent = json.load(f).get("latent", not name.startswith(("raw", "wrap", "worth")))
+            ckpt = os.path.join(rd, name, "ckpt.pt")
+            self.stage(f"{name}/finetune", lambda d: self.finetune(d, ckpt, latent, rows))
 
-    def finetune_names(self):
-        """Every model a run may train, in the order finetune_all fine-tunes those it did train."""
-        return (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"] +
-                [f"worth_x{m}" for m in self.cfg["worth"]] + ["oracle", "m0"] +
-                [f"iter{t}/mstep" for t in range(1, self.cfg["iters"] + 1)])
+    def finetune_models(self, planned=()):
+        """The models finetune_all fine-tunes, in its order: every model of this run_dir, trained by this command
+        (planned) or an earlier one, but not one shared by --reuse_from (its own run measures it)."""
+        rd = self.cfg["run_dir"]
+        names = (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"] +
+                 [f"worth_x{m}" for m in self.cfg["worth"]] + ["oracle", "m0"] +
+                 [f"iter{t}/mstep" for t in range(1, self.cfg["iters"] + 1)])
+        return [n for n in names if (n in planned or os.path.exists(os.path.join(rd, n, "stage.json")))
+                and not self.reused(n)]
 
     def finetune(self, d, ckpt, latent, rows):
         """One model's fine-tuning evaluation: {mean, min, max, seeds} of its finetune_seeds zero-shot accuracies."""

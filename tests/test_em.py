@@ -92,7 +92,7 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
     x = [p["unique_x"] for p in results["worth"]["curve"]]
     assert x[0] == 1.0 and 2.0 <= x[1] < 2.1 and x[2] == rows["raw-fresh"]["unique_x"] > 2.1
     assert list(results["worth"]["placed"]) == ["M0 (warm start)"]  # the one latent row --reuse_from shares
-    # the fine-tuning evaluation of every model (the rows this run trained, and the shared M_0): 2 seeds each, on
+    # the fine-tuning evaluation of every model this run trained (not the shared ones): 2 seeds each, on
     # 50 solved problems none of which is held out, spelt as the model's own training spelt them
     for name, r in results["rows"].items():
         if name not in ("raw-token-match", "raw-FLOP-match", "M0 (warm start)"):  # shared models: their own run's
@@ -221,3 +221,19 @@ def test_seeds_runs_each_seed_as_the_same_run_alone_and_writes_their_page(tmp_pa
     assert table(os.path.join(d, "seed1")) == table(alone)
     bad = subprocess.run([sys.executable, "em.py", "--seeds=0,x"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "seeds" in bad.stderr
+
+
+def test_the_plan_estimates_the_timed_stages_and_names_the_untimed_ones(tmp_path, capsys):
+    """The first line's ETA: measured stage kinds are summed; a kind never timed (a fine-tuning) is named, not
+    counted as 0 minutes, and a plan of untimed stages only gets no figure at all."""
+    sys.path.insert(0, ROOT)
+    import em
+    cfg = {"run_dir": str(tmp_path), "stop_after": ""}
+    em.Stages(cfg, "cpu", ["base", "m0", "m0/finetune", "iter1/mstep/finetune"])
+    expected = em.EXPECTED_MIN["cpu"]["base"] + em.EXPECTED_MIN["cpu"]["m0"]
+    assert f"expected about {expected:.0f} min (measured for the default settings), plus 2 not timed yet (finetune)" \
+        in capsys.readouterr().out
+    os.makedirs(tmp_path / "base")
+    open(tmp_path / "base" / "stage.json", "w").write("{}")  # done: not in the plan
+    em.Stages(cfg, "cpu", ["base", "m0/finetune"])
+    assert "1 stages to run: m0/finetune; no time estimate yet" in capsys.readouterr().out
