@@ -76,9 +76,10 @@ mstep_epochs = 7.0        # budget = mstep_epochs x the thought-augmented corpus
 m0_epochs = 16.0          # M_0's budget, in passes over the warm-start split (docs/method.md, Warm start); M_0 is
                           # a lottery at 16 and strong from 24, with little left to bootstrap (docs/notebook.md)
 continue_from_previous = False  # ablation: M_t starts from M_{t-1} instead of the base initialisation
-sampler = "windows"       # windows: random windows with replacement over bins written once | passes: every training
-                          # reads whole passes, each document once per pass in a shuffled order (the official loader);
-                          # not the default yet: see coin, and docs/ablations.md#passes-and-the-coin-per-pass
+sampler = "passes"        # passes: every training reads whole passes, each document once per pass in a shuffled order
+                          # (the official loader); ahead of windows at every EM iteration in 3 seeds of 3 on one machine
+                          # (docs/ablations.md#windows-against-passes-on-one-machine-the-same-three-seeds) | windows:
+                          # random windows with replacement over bins written once (the default until 2026-12-06)
 coin = "frozen"           # sampler=passes: frozen = the same prior / posterior coins every pass | per_pass = each pass
                           # tosses its own (the official lingua/data.py, which reads about 2 passes): at our 7-16 passes
                           # the E-step then chose worse thoughts in 3 seeds of 3 (docs/ablations.md)

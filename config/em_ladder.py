@@ -10,3 +10,4 @@ mstep_epochs = 7.0
 max_thought_tokens = 64
 eval_max_new_tokens = 80
 n_eval = 1000
+sampler = "windows"  # the reading its tables were measured with (the default until 2026-12-06)

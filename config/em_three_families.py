@@ -9,3 +9,4 @@ n_eval = 500
 mstep_epochs = 3.5
 max_thought_tokens = 48
 eval_max_new_tokens = 64
+sampler = "windows"  # the reading its tables were measured with (the default until 2026-12-06)
