@@ -224,11 +224,13 @@ class Stages:
         self.expected = EXPECTED_MIN.get(preset, {})
         if self.todo:
             untimed = [n for n in self.todo if kind(n) not in self.expected]
-            log(f"{len(self.todo)} stages to run: {', '.join(self.todo)}; "
-                + (f"expected about {self.eta():.0f} min (measured for the default settings)"
-                   + (f", plus {len(untimed)} not timed yet ({', '.join(sorted({kind(n) for n in untimed}))})"
-                      if untimed else "") if len(untimed) < len(self.todo)
-                   else "no time estimate yet for this preset (it comes after the first stage)"))
+            if len(untimed) == len(self.todo):
+                when = "no time estimate yet for this preset (it comes after the first stage)"
+            else:  # the timed kinds summed; the others named, not counted as 0 minutes
+                when = f"expected about {self.eta():.0f} min (measured for the default settings)"
+                if untimed:
+                    when += f", plus {len(untimed)} not timed yet ({', '.join(sorted({kind(n) for n in untimed}))})"
+            log(f"{len(self.todo)} stages to run: {', '.join(self.todo)}; {when}")
 
     def eta(self, done_min=0.0):
         left = sum(self.expected.get(kind(n), 0.0) for n in self.todo)

@@ -505,7 +505,8 @@ def table(rows, split="eval"):
     do every operation of the gold derivation in its order (a sound thought can skip some); "transfer" is
     how much of the previous E-step's choice the M-step kept: M_{t-1}'s random-of-K gold agreement at iteration t
     minus iteration t-1's chosen agreement (0 or more: the M-step learnt what the E-step chose)."""
-    head = ["run", f"accuracy (95% CI) on {split}", "on valid", "val loss raw / aug",
+    with_valid = any(r.get("valid") for r in rows.values())  # also_valid: the "on valid" column
+    head = ["run", f"accuracy (95% CI) on {split}"] + (["on valid"] if with_valid else []) + ["val loss raw / aug",
             "held-out ELBO K=1 / 2 / 4 (raw rows: minus val raw loss)", "fine-tuned, zero-shot: mean (min-max)",
             "E-step ELBO", "ESS",
             "gold result: chosen / random", "sound: chosen / random", "complete: chosen / random", "transfer",
@@ -517,17 +518,14 @@ def table(rows, split="eval"):
         transfer = (f"{e['agree_random'] - chosen_before:+.3f}" if e.get("agree_random") is not None
                     and chosen_before is not None else "")
         chosen_before = e.get("agree_chosen") if name.startswith("EM iteration") else chosen_before
-        out.append([name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})",
-                    num((r.get("valid") or {}).get("accuracy"), ".3f"),
-                    f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", heldout_cell(name, r),
+        out.append([name, f"{r['accuracy']:.3f} ({r['ci_low']:.3f}-{r['ci_high']:.3f})"] +
+                   ([num((r.get("valid") or {}).get("accuracy"), ".3f")] if with_valid else []) +
+                   [f"{num(v.get('raw'), '.3f')} / {num(v.get('aug'), '.3f')}", heldout_cell(name, r),
                     (lambda f: f"{f['mean']:.3f} ({f['min']:.3f}-{f['max']:.3f})" if f else "")(r.get("finetune")),
                     num(e.get("elbo"), ".2f"),
                     num(e.get("ess"), ".2f"), pair("agree_chosen", "agree_random"),
                     pair("sound_chosen", "sound_random"), pair("complete_chosen", "complete_random"), transfer, f"{r['tokens'] / 1e6:.2f}M",
                     minutes(r.get("train_s", 0)), minutes(e.get("wall_s"))])
-    if not any(r.get("valid") for r in rows.values()):  # no also_valid: a column of empty cells (or "on valid" twice)
-        out = [c[:2] + c[3:] for c in out]
-        head = head[:2] + head[3:]
     return head, out
 
 
