@@ -177,7 +177,8 @@ def pick_chunks(run_dir, iters, where, n):
 # strings, no dependency: a plain install's page has its pictures) and by matplotlib into the PNG files beside it
 # (results.png, sweep.png: an optional extra, for a README or a docs page).
 #   figure: {"title", "xlabel", "ylabel", "xticks": [(x, label)] or None for round numbers, "ymin" (optional: a
-#            value the y axis must reach, 0 for a count), "series": [series]}
+#            value the y axis must reach, 0 for a count), "xnames" (optional: [(x, name)] for the tooltips of points
+#            between ticks), "series": [series]}
 #   series: {"label", "color", "dash" ("" solid, else an SVG dash array "6,4"), "width", "opacity", "marker" (the
 #            points' radius, 0 for none)} and either "y": a horizontal line across the plot, or "pts": [(x, y)] with
 #            optional "err": [(low, high) or None] (error bars) and "band": [(low, high)] (a shaded range)
@@ -321,6 +322,45 @@ def by_setting_figure(runs, key):
             "series": series}
 
 
+def worth_figure(runs):
+    """runs: [(label, rows)], those with a thought-worth curve (em.py --worth) drawn: raw accuracy against unique
+    raw tokens at one budget (log2 axis, in multiples of raw-FLOP-match's), one curve per run; M_0, the last EM
+    iteration and the oracle as horizontal lines (their mean over several runs). Where a line meets a curve is what
+    that row's thoughts are worth in raw data (thought_worth)."""
+    runs = [(label, rows, thought_worth(rows)) for label, rows in runs]
+    runs = [r for r in runs if r[2]]
+    series, xs = [], {1.0}
+    for n, (label, rows, w) in enumerate(runs):
+        xs |= {p["unique_x"] for p in w["curve"]}
+        series.append({"label": f"raw {label}".strip(), "color": color(n), "width": 1.5 if len(runs) == 1 else 1,
+                       "pts": [(math.log2(p["unique_x"]), p["accuracy"]) for p in w["curve"]]})
+    last = min((max((iteration(k) for k in rows if k.startswith("EM iteration")), default=0) for _, rows, _ in runs),
+               default=0)
+    latent = ["M0 (warm start)"] + ([f"EM iteration {last}"] if last else []) + ["gold thoughts (oracle)"]
+    for i, (name, dash) in enumerate(zip(latent, ("2,3", "6,4", "6,3,2,3"))):
+        vals = [rows[name]["accuracy"] for _, rows, _ in runs if name in rows]
+        if runs and len(vals) == len(runs):  # a row some run lacks is left out, never averaged over fewer
+            series.append({"label": name + (f", mean of {len(runs)}" if len(runs) > 1 else ""), "dash": dash,
+                           "color": color(len(runs) + i), "y": sum(vals) / len(vals)})
+    ticks = [2 ** i for i in range(math.ceil(math.log2(max(xs))) + 1)]
+    return {"title": "what a thought is worth in raw data", "ylabel": "accuracy on held-out problems",
+            "xlabel": "unique raw tokens, x raw-FLOP-match's (log scale; one training budget)",
+            "xticks": [(math.log2(x), f"{x:g}") for x in ticks], "xnames": [(math.log2(x), f"{x:.1f}x") for x in xs],
+            "series": series}
+
+
+def worth_markdown(runs, labels):
+    """Per run: the raw curve's accuracies and where each latent row sits on it (thought_worth), one column a run."""
+    worths = [thought_worth(rows) for _, rows in runs]
+    curve = lambda w: " / ".join(f"{p['accuracy']:.3f} ({p['unique_x']:.1f}x)" for p in w["curve"])
+    names = [n for n in worths[0]["placed"] if all(n in w["placed"] for w in worths)]
+    cells = [["raw accuracy (unique raw tokens, x raw-FLOP-match's)"] + [curve(w) for w in worths]]
+    cells += [[f"{n}: equals a raw model on this many times the unique tokens"] + [w["placed"][n] for w in worths]
+              for n in names]
+    return "\n".join(["What a thought is worth in raw data (em.py --worth), per run", ""] +
+                     markdown_table(["row"] + labels, cells))
+
+
 # drawing a figure as inline SVG
 
 PLOT = (560, 240)   # the width and height (px) of a plot's axes: the accuracy plots
@@ -380,7 +420,8 @@ def svg(fig, size=PLOT):
             f"<text x='{left + width / 2}' y='{top + height + 32}' text-anchor='middle'>{esc(fig['xlabel'])}</text>",
             f"<text transform='translate(13 {top + height / 2}) rotate(-90)' text-anchor='middle'>"
             f"{esc(fig['ylabel'])}</text>"]
-    names = dict(xticks)  # a point's tooltip names its x as its tick does (K = 4 on a log axis, not 2)
+    names = {**dict(xticks), **dict(fig.get("xnames", ()))}  # a point's tooltip names its x as its tick does (K = 4
+    # on a log axis, not 2), or as the figure names the points between ticks
     out += [svg_band(s, X, Y) for s in series if s.get("band")]
     out += [svg_series(s, X, Y, (X(x0), X(x1)), names) for s in series]
     for i, s in enumerate(named):
@@ -705,10 +746,12 @@ def write_report(run_dir, out=None, n_chunks=N_CHUNKS):
         body += ["<h2>By the problem's number of steps</h2>", "<p class='note'>Accuracy; for EM iterations also the "
                  "E-step's gold-result agreement, chosen / random of K, and in brackets the transfer on that rung.</p>",
                  html_table(*by_steps)]
-    body += ["<h2>Accuracy per EM iteration</h2>", svg(accuracy_figure([("", rows)])),
-             "<h2>The E-step per iteration</h2>", panels(estep_figures(rows), "No E-step or held-out ELBO yet."),
-             "<h2>Training curves</h2>", panels(training_figures(trainings(run_dir, cfg)), "No training log yet.")]
-    body += ["<h2>Thoughts the E-step sampled</h2>", thoughts_section(run_dir, cfg, n_chunks)]
+    body += ["<h2>Accuracy per EM iteration</h2>", svg(accuracy_figure([("", rows)]))]
+    if thought_worth(rows):
+        body += ["<h2>What a thought is worth in raw data</h2>", svg(worth_figure([("", rows)]))]
+    body += ["<h2>The E-step per iteration</h2>", panels(estep_figures(rows), "No E-step or held-out ELBO yet."),
+             "<h2>Training curves</h2>", panels(training_figures(trainings(run_dir, cfg)), "No training log yet."),
+             "<h2>Thoughts the E-step sampled</h2>", thoughts_section(run_dir, cfg, n_chunks)]
     out = out or os.path.join(run_dir, "report.html")
     with atomic_open(out) as f:  # a reader never opens a half-written page
         f.write(page(f"Latent-thought EM: {os.path.basename(os.path.abspath(run_dir))}", "\n".join(body)))
@@ -821,6 +864,12 @@ def write_sweep(run_dirs, out):
     body.append(svg(spread_fig))
     if plt:
         save_png(plt, spread_fig, stem + ".png")
+    if all(thought_worth(rows) for _, rows in pairs):  # every run drew the curve (--worth): where each row sits
+        worth, worth_md = worth_figure([(lab, rows) for lab, (_, rows) in zip(labels, pairs)]), worth_markdown(pairs, labels)
+        markdown += "\n\n" + worth_md
+        body += ["<h2>What a thought is worth in raw data</h2>", svg(worth), markdown_table_html(worth_md)]
+        if plt:
+            save_png(plt, worth, f"{stem}_worth.png")
     with atomic_open(stem + ".md") as f:  # the same table, for a README or a docs page
         f.write(markdown + "\n")
     with atomic_open(out) as f:

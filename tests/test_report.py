@@ -390,6 +390,41 @@ def test_the_sweep_plot_is_the_mean_over_the_min_max_band(tmp_path, monkeypatch)
     assert "<title>raw-FLOP-match, mean: 0.4</title>" in svg
 
 
+def test_the_sweep_draws_each_runs_worth_curve_and_places_the_latent_rows(tmp_path, monkeypatch):
+    import report
+    monkeypatch.setattr(report, "pyplot", lambda: None)
+    def run(s, curve, m0, it1):  # raw-FLOP-match at 1x, the worth rows, raw-fresh at about 15x
+        rows = {"raw-FLOP-match": acc(curve[0]), "raw, 2x the unique tokens": acc(curve[1], unique_x=2.0),
+                "raw, 4x the unique tokens": acc(curve[2], unique_x=4.0), "raw-fresh": acc(curve[3], unique_x=15.0),
+                "gold thoughts (oracle)": acc(0.98), "M0 (warm start)": acc(m0), "EM iteration 1": acc(it1)}
+        return synthetic_run(tmp_path / f"s{s}", rows, iters=1, seed=s)
+    runs = [run(0, (0.4, 0.5, 0.6, 0.7), 0.55, 0.9), run(1, (0.3, 0.4, 0.5, 0.6), 0.2, 0.5)]
+    text = open(write_sweep(runs, str(tmp_path / "sweep.html")), encoding="utf-8").read()
+    svg = plots(text)["what a thought is worth in raw data"]
+    first = points(svg, "raw seed=0")
+    assert [float(t.split(": ")[1]) for _, _, t in first] == pytest.approx([0.4, 0.5, 0.6, 0.7])
+    assert [t.split(" at ")[1].split(":")[0] for _, _, t in first] == ["1.0x", "2.0x", "4.0x", "15.0x"]
+    xs = [x for x, _, _ in first]  # a log axis: 1x, 2x, 4x equally spaced, 15x short of two more steps
+    assert xs[1] - xs[0] == pytest.approx(xs[2] - xs[1], abs=0.2)
+    assert xs[3] - xs[2] == pytest.approx((xs[1] - xs[0]) * math.log2(15 / 4), abs=0.2)
+    slope, at0 = linear(first, [0.4, 0.5, 0.6, 0.7])
+    hlines = dict((t.split(": ")[0], (float(y), float(t.split(": ")[1]))) for y, t in
+                  re.findall(r"<line class='hline' [^>]*y1='([-\d.]+)'[^>]*><title>([^<]*)</title>", svg))
+    # the latent rows: their mean over the runs, on the curves' scale
+    assert {k: v for k, (_, v) in hlines.items()} == pytest.approx(
+        {"M0 (warm start), mean of 2": 0.375, "EM iteration 1, mean of 2": 0.7, "gold thoughts (oracle), mean of 2": 0.98})
+    for y, v in hlines.values():
+        assert y == pytest.approx(at0 + slope * v, abs=0.15)
+    # each run's placements, in sweep.md: seed 0's M0 halfway from 2x to 4x, seed 1's below its 1x
+    md = (tmp_path / "sweep.md").read_text()
+    assert "| M0 (warm start): equals a raw model on this many times the unique tokens | 2.8 | < 1 |" in md
+    assert "| EM iteration 1: equals a raw model on this many times the unique tokens | > 15 | 4.0 |" in md
+    # a sweep where one run has no curve draws none
+    synthetic_run(tmp_path / "plain", ROWS, seed=1)
+    text = open(write_sweep([runs[0], str(tmp_path / "plain")], str(tmp_path / "sweep2.html")), encoding="utf-8").read()
+    assert "what a thought is worth" not in text
+
+
 def test_plot_text_is_escaped(tmp_path, monkeypatch):
     import report
     monkeypatch.setattr(report, "pyplot", lambda: None)
