@@ -99,6 +99,8 @@ finetune_problems = 1000  # finetune_eval: solved problems, none held out (data/
 finetune_epochs = 5.0     # finetune_eval: passes over them (the official: 5)
 finetune_lr = 3e-4        # finetune_eval: peak learning rate (a tenth of the trainings'), cosine to a tenth of it
 finetune_seeds = 3        # finetune_eval: fine-tunings per model (downstream seeds 0, 1, ...): mean, min and max
+finetune_only = ""        # finetune_eval: only these models, by their directory ("m0,iter3/mstep,raw_flop_match"; three
+                          # fine-tunings and evaluations each); "" = every model of the run
 # E-step (sample_thoughts.py)
 K = 4
 estep_temperature = 1.0   # the proposal's temperature (sample_thoughts.py: temperature; the paper: 1)
@@ -273,6 +275,23 @@ def n_tokens(path):
 
 
 WORLD_ROWS = ("raw_fresh", "wrap", "worth", "finetune_eval")  # rows the embedded world writes the documents of
+
+
+def model_dirs(cfg):
+    """Every model a run can train, by its directory, in the results table's order (finetune_all's order)."""
+    return (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"] +
+            [f"worth_x{m}" for m in cfg["worth"]] + ["oracle", "m0"] + [f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)])
+
+
+def finetune_only(cfg):
+    """The models --finetune_only names (none: every model), each checked against what the run can train."""
+    only = [n for n in cfg["finetune_only"].split(",") if n]
+    if set(only) - set(model_dirs(cfg)):
+        raise ValueError(f"finetune_only: {sorted(set(only) - set(model_dirs(cfg)))} are no models of this run; "
+                         f"it has {', '.join(model_dirs(cfg))}")
+    return only
+
+
 GPU_PRESET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "em_gpu.py")
 
 
@@ -298,6 +317,7 @@ def configure(argv):
                              f"a --data_dir corpus has no generator")
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in cfg["worth"]):
         raise ValueError(f"worth: multiples of raw-FLOP-match's unique tokens, integers from 2, got {cfg['worth']!r}")
+    finetune_only(cfg)
     if cfg["wrap"] and set(cfg["families"]) != {"chain"}:
         raise ValueError(f"--wrap: only the chain family has other wordings, got families={cfg['families']}")
     for key, allowed in (("sampler", ("passes", "windows")), ("coin", data.files.COINS), ("mstep_data", ("all", "bootstrap"))):
@@ -511,8 +531,6 @@ class Run:
             return {**r, "unique_tokens": unique, "unique_x": unique / have}
         if cfg["raw_fresh"]:  # one pass of unique documents, whatever the sampler
             self.stage("raw_fresh", lambda d: fresh(d, self.read_tokens(self.budget)))
-        for m in cfg["worth"]:
-            self.stage(f"worth_x{m}", lambda d: fresh(d, m * have))
         if cfg["wrap"]:
             self.stage("wrap", lambda d: self.fit_and_eval(d, raw + [written(d, "wrap", lambda: [
                 doc for p in raw for doc in mathworld.rephrased_documents(p[0], WRAP_REPHRASINGS, cfg["seed"])])],
@@ -528,6 +546,8 @@ class Run:
                     doc for p in parts for doc in mathworld.inline_documents(*p[:2])])], self.budget, self.base, False,
                     exemplars=exemplars)
             self.stage("wrap_cot", wrap_cot)
+        for m in cfg["worth"]:
+            self.stage(f"worth_x{m}", lambda d: fresh(d, m * have))
 
     def finetune_all(self):
         """The fine-tuning evaluation of every model this run trained (the official run_finetune_eval.sh, its
@@ -552,12 +572,9 @@ class Run:
     def finetune_models(self, planned=()):
         """The models finetune_all fine-tunes, in its order: every model of this run_dir, trained by this command
         (planned) or an earlier one, but not one shared by --reuse_from (its own run measures it)."""
-        rd = self.cfg["run_dir"]
-        names = (["raw_token_match", "raw_flop_match", "raw_fresh", "wrap", "wrap_cot"] +
-                 [f"worth_x{m}" for m in self.cfg["worth"]] + ["oracle", "m0"] +
-                 [f"iter{t}/mstep" for t in range(1, self.cfg["iters"] + 1)])
-        return [n for n in names if (n in planned or os.path.exists(os.path.join(rd, n, "stage.json")))
-                and not self.reused(n)]
+        rd, only = self.cfg["run_dir"], finetune_only(self.cfg)
+        return [n for n in model_dirs(self.cfg) if (n in planned or os.path.exists(os.path.join(rd, n, "stage.json")))
+                and not self.reused(n) and (not only or n in only)]
 
     def finetune(self, d, ckpt, latent, rows):
         """One model's fine-tuning evaluation: {mean, min, max, seeds} of its finetune_seeds zero-shot accuracies."""

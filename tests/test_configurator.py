@@ -97,11 +97,15 @@ def test_the_gpu_presets_seeds_and_world_rows_apply_only_where_they_can(monkeypa
         em.configure(["--data_dir=some/corpus", "--wrap=True"])
     with pytest.raises(ValueError, match="only the chain family"):
         em.configure(["--gpu_preset=False", "--wrap=True", "--families=('chain', 'total')"])
+    # --finetune_only: the models named, each one this run can train (--iters=4 has an iter4/mstep)
+    assert em.finetune_only(em.configure(["--finetune_only=m0,iter4/mstep", "--iters=4"])[0]) == ["m0", "iter4/mstep"]
+    assert em.finetune_only(em.configure([])[0]) == []
 
 
 @pytest.mark.parametrize("cmd, says", [
     (["em.py", "--itres", "3"], "did you mean --iters?"),
     (["em.py", "--iters=three"], "--iters must be int"),
+    (["em.py", "--finetune_eval=True", "--finetune_only=m0,iter4/mstep"], "['iter4/mstep'] are no models of this run"),
     (["sample_thoughts.py", "--K=0", "--ckpt=x.pt", "--chunks=y.jsonl"], "K (thoughts sampled per chunk)"),
     (["train.py", "--batch_sise=4"], "did you mean --batch_size?"),
     (["eval_math.py", "--n_shots=2"], "did you mean --n_shot?"),

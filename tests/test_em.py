@@ -83,7 +83,8 @@ def test_the_papers_other_uses_of_the_documents(full_run, tmp_path):
     # stage's "k of N" counts against it
     made = ["raw_fresh", "wrap", "wrap_cot", "worth_x2"]
     assert re.search(r"(\d+) stages to run: (.*?);", out).groups() == ("8", ", ".join(made + [f"{n}/finetune" for n in made]))
-    assert re.findall(r"\(stage (\d+) of the (\d+) ", out) == [(str(k), "8") for k in range(1, 9)]
+    assert re.findall(r"---- (\S+) \(stage (\d+) of the (\d+) ", out) == [  # run in the order announced
+        (n, str(k), "8") for k, n in enumerate(made + [f"{n}/finetune" for n in made], 1)]
     results = json.load(open(os.path.join(d, "results.json")))
     rows = results["rows"]  # beside the shared rows of the smoke run
     assert list(rows)[:6] == ["raw-token-match", "raw-FLOP-match", "raw-fresh", "rephrased (WRAP)",
