@@ -79,6 +79,9 @@ def collect(cfg):
     """The result table's rows, read from the stages' files: the one place they are built (another process sharing
     run_dir, em=False, may have made some of them)."""
     rd, rows = cfg["run_dir"], {}
+    # every thought-worth row in run_dir, whichever command trained it (a later command without --worth keeps them)
+    worth = sorted(int(m) for m in (os.path.basename(p)[len("worth_x"):] for p in glob.glob(os.path.join(rd, "worth_x*")))
+                   if m.isdigit())
 
     def load(name):
         p = os.path.join(rd, name, "stage.json")
@@ -89,7 +92,7 @@ def collect(cfg):
         if load(name):
             rows[title] = load(name)
         if name == "wrap_cot":  # the thought-worth curve's points sit beside raw-fresh
-            for m in cfg.get("worth", ()):
+            for m in worth:
                 if load(f"worth_x{m}"):
                     rows[worth_row(m)] = load(f"worth_x{m}")
     for t in range(1, cfg["iters"] + 1):
@@ -101,7 +104,7 @@ def collect(cfg):
         held = load(f"{name}/heldout")  # em.py: Run.heldout
         if title in rows and held:
             rows[title]["heldout_elbo"] = held["elbo_by_k"]
-    dirs = {**{title: name for title, name in TRAININGS}, **{worth_row(m): f"worth_x{m}" for m in cfg.get("worth", ())},
+    dirs = {**{title: name for title, name in TRAININGS}, **{worth_row(m): f"worth_x{m}" for m in worth},
             **{f"EM iteration {t}": f"iter{t}/mstep" for t in range(1, cfg["iters"] + 1)}}
     for title in rows:
         tuned = load(f"{dirs[title]}/finetune") if title in dirs else None  # em.py: Run.finetune_all

@@ -425,6 +425,17 @@ def test_the_sweep_draws_each_runs_worth_curve_and_places_the_latent_rows(tmp_pa
     assert "what a thought is worth" not in text
 
 
+def test_a_later_command_without_worth_keeps_the_worth_rows(tmp_path):
+    """results.md is what run_dir holds: a command without --worth (a fine-tuning evaluation after it) rewrites the
+    table with the thought-worth rows an earlier command trained."""
+    from report import collect
+    for name, r in (("raw_flop_match", acc(0.4)), ("worth_x4", acc(0.6, unique_x=4.0)), ("worth_x2", acc(0.5, unique_x=2.0))):
+        os.makedirs(tmp_path / name)
+        json.dump(r, open(tmp_path / name / "stage.json", "w"))
+    rows = collect({"run_dir": str(tmp_path), "iters": 0})  # no "worth" in this command's settings
+    assert list(rows) == ["raw-FLOP-match", "raw, 2x the unique tokens", "raw, 4x the unique tokens"]
+
+
 def test_plot_text_is_escaped(tmp_path, monkeypatch):
     import report
     monkeypatch.setattr(report, "pyplot", lambda: None)
