@@ -285,10 +285,10 @@ def model_dirs(cfg):
 
 def finetune_only(cfg):
     """The models --finetune_only names (none: every model), each checked against what the run can train."""
-    only = [n for n in cfg["finetune_only"].split(",") if n]
-    if set(only) - set(model_dirs(cfg)):
-        raise ValueError(f"finetune_only: {sorted(set(only) - set(model_dirs(cfg)))} are no models of this run; "
-                         f"it has {', '.join(model_dirs(cfg))}")
+    only, models = [n for n in cfg["finetune_only"].split(",") if n], model_dirs(cfg)
+    if set(only) - set(models):
+        raise ValueError(f"finetune_only: {sorted(set(only) - set(models))} are no models of this run; "
+                         f"it has {', '.join(models)}")
     return only
 
 

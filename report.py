@@ -80,8 +80,8 @@ def collect(cfg):
     run_dir, em=False, may have made some of them)."""
     rd, rows = cfg["run_dir"], {}
     # every thought-worth row in run_dir, whichever command trained it (a later command without --worth keeps them)
-    worth = sorted(int(m) for m in (os.path.basename(p)[len("worth_x"):] for p in glob.glob(os.path.join(rd, "worth_x*")))
-                   if m.isdigit())
+    worth = sorted(int(m.group(1)) for m in (re.fullmatch(r"worth_x(\d+)", os.path.basename(p))
+                                              for p in glob.glob(os.path.join(rd, "worth_x*"))) if m)
 
     def load(name):
         p = os.path.join(rd, name, "stage.json")
@@ -423,8 +423,8 @@ def svg(fig, size=PLOT):
             f"<text x='{left + width / 2}' y='{top + height + 32}' text-anchor='middle'>{esc(fig['xlabel'])}</text>",
             f"<text transform='translate(13 {top + height / 2}) rotate(-90)' text-anchor='middle'>"
             f"{esc(fig['ylabel'])}</text>"]
-    names = {**dict(xticks), **dict(fig.get("xnames", ()))}  # a point's tooltip names its x as its tick does (K = 4
-    # on a log axis, not 2), or as the figure names the points between ticks
+    # a point's tooltip names its x as its tick does (K = 4 on a log axis, not 2), or as the figure names it
+    names = {**dict(xticks), **dict(fig.get("xnames", ()))}
     out += [svg_band(s, X, Y) for s in series if s.get("band")]
     out += [svg_series(s, X, Y, (X(x0), X(x1)), names) for s in series]
     for i, s in enumerate(named):
